@@ -1,0 +1,273 @@
+// personalize.hpp — the façade an app embeds: a frozen backbone, a small head trained on the
+// device from samples kept in one local SQLite database.
+//
+//   auto p = edgetune::Personalizer::open("user.db", {
+//       .backbone = edgetune::Backbone::load("backbone.etb"),
+//       .head = edgetune::HeadSpec::linear(10)});
+//   p.add(sample);                       // validated, stored, backbone features cached
+//   auto report = p.train({.epochs = 5});
+//   auto top3 = p.predict(input, 3);
+//   p.forget(ids);                       // delete + exact unlearning (retrain from base)
+//
+// Frozen is a type boundary: Backbone::features() returns a Matrix, never a Var, so no gradient
+// can reach the backbone. Training epochs read cached features and never rerun the backbone.
+// Thread safety: every Personalizer method may be called from any thread; add() and predict()
+// stay usable while a background training runs (predict serves the last committed head).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "autograd.hpp"
+#include "optim.hpp"
+#include "storage.hpp"
+
+namespace edgetune {
+
+// ---------------------------------------------------------------------------------------
+// Backbone (backbone.cpp)
+
+// Architecture of a backbone: float inputs [n x D] go straight into the MLP; token inputs
+// [n x L] are embedded ([vocab x embed_dim] table) and flattened to [n x L*embed_dim] first.
+// hidden lists the MLP's layer widths after the input; its last entry is the feature width.
+// Every layer is followed by the activation (features are post-activation).
+struct BackboneConfig {
+    InputSpec input;
+    std::int64_t vocab = 0;      // token inputs only
+    std::int64_t embed_dim = 0;  // token inputs only
+    std::vector<Index> hidden;
+    Activation activation = Activation::relu;
+};
+
+// The backbone as a trainable network, for pretraining it (examples/train_backbone).
+class BackboneNet : public Module {
+public:
+    BackboneNet(const BackboneConfig& config, Rng& rng);
+    // floats [n x D] -> features Var [n x F]
+    Var forward(const Matrix& inputs);
+    // tokens [n*L] (row-major, L per sample) -> features Var [n x F]
+    Var forward(const IdList& tokens);
+    const BackboneConfig& config() const { return config_; }
+    Index feature_dim() const;
+
+private:
+    BackboneConfig config_;
+    std::shared_ptr<Embedding> embed_;  // token inputs only
+    std::shared_ptr<Sequential> mlp_;
+};
+
+// A frozen, read-only backbone; share one between threads and Personalizers.
+class Backbone {
+public:
+    // Copies the weights of a (pre)trained net; nothing of the net is referenced afterwards.
+    static std::shared_ptr<const Backbone> freeze(const BackboneNet& net);
+    // A file written by save(): the checkpoint envelope around architecture + weights.
+    // Throws CorruptData for a corrupt or hostile file, StorageError if unreadable.
+    static std::shared_ptr<const Backbone> load(const std::string& path);
+    void save(const std::string& path) const;
+
+    // floats [n x D] -> [n x F]. Throws InvalidArgument for a token backbone, a wrong width,
+    // or NaN/Inf (naming the row and column).
+    Matrix features(const Matrix& inputs) const;
+    // tokens [n*L] -> [n x F]. Throws InvalidArgument for ids outside [0, vocab).
+    Matrix features(const IdList& tokens) const;
+    // Features of stored samples (whichever input kind the backbone takes).
+    Matrix features(std::span<const Sample> samples) const;
+
+    const BackboneConfig& config() const { return net_->config(); }
+    Index feature_dim() const { return net_->feature_dim(); }
+    // Content digest of architecture + weights (16 hex digits, FNV-1a 64 of the file bytes):
+    // cached features are keyed by it.
+    const std::string& digest() const { return digest_; }
+
+    explicit Backbone(std::unique_ptr<BackboneNet> net);  // use freeze() / load()
+
+private:
+    std::unique_ptr<BackboneNet> net_;
+    std::string digest_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Heads (head.cpp)
+
+struct HeadSpec {
+    enum class Kind { linear, mlp, prototype, regression };
+    Kind kind = Kind::linear;
+    std::int64_t outputs = 0;   // classes, or regression target width
+    std::vector<Index> hidden;  // mlp only
+    // prototype only: logits = (2 mu_c . f - |mu_c|^2) / temperature on L2-normalized features
+    // reproduce nearest-class-mean at step 0; a class gets its prototype the first time it is
+    // trained on. Too small a temperature fine-tunes badly.
+    float temperature = 0.1f;
+    bool normalize = false;  // L2-normalize features before the head (prototype: true)
+
+    static HeadSpec linear(std::int64_t classes) { return {Kind::linear, classes, {}, 0.1f, false}; }
+    static HeadSpec mlp(std::vector<Index> hidden, std::int64_t classes) {
+        return {Kind::mlp, classes, std::move(hidden), 0.1f, false};
+    }
+    static HeadSpec prototype(std::int64_t classes, float temperature = 0.1f) {
+        return {Kind::prototype, classes, {}, temperature, true};
+    }
+    static HeadSpec regression(std::int64_t width) {
+        return {Kind::regression, width, {}, 0.1f, false};
+    }
+    bool classifies() const { return kind != Kind::regression; }
+};
+
+// ---------------------------------------------------------------------------------------
+// Training
+
+// Which stored samples a train() call learns from.
+struct Replay {
+    enum class Kind {
+        all,             // everything stored (except the validation split)
+        reservoir,       // new since the last committed training + `size` uniformly drawn older
+        class_balanced,  // new + up to `size` older samples per class
+    };
+    Kind kind = Kind::all;
+    std::int64_t size = 0;
+
+    static Replay all() { return {}; }
+    static Replay reservoir(std::int64_t size) { return {Kind::reservoir, size}; }
+    static Replay class_balanced(std::int64_t per_class) { return {Kind::class_balanced, per_class}; }
+};
+
+struct Progress {
+    std::int64_t step = 0;
+    int epoch = 0;
+    float loss = 0.0f;  // mean loss of the last batch
+    std::chrono::milliseconds elapsed{0};
+};
+
+struct TrainOptions {
+    int epochs = 5;
+    std::int64_t max_steps = 0;             // 0 = no limit
+    std::chrono::milliseconds deadline{0};  // 0 = none; checked between steps
+    std::int64_t batch = 32;
+    OptimizerSpec optimizer = AdamOptions{.lr = 1e-3f};
+    ScheduleSpec schedule = ConstantSchedule{};
+    float clip_norm = 0.0f;  // 0 = no clipping
+    std::uint64_t seed = 0;  // shuffling and replay draws
+    Replay replay = Replay::all();
+    float base_pull = 0.0f;  // strength of an L2 pull toward the base head's weights
+    // Class-balanced loss weights (inverse class frequency of the training set): what makes a
+    // handful of new shots count next to many stored old samples.
+    bool balance_classes = false;
+    float label_smoothing = 0.0f;
+    // The new head is kept only if validation accuracy (loss, for regression) is not worse
+    // than the current head's by more than this; NaN/Inf losses always roll back.
+    float tolerance = 0.02f;
+    std::function<void(const Progress&)> on_progress;  // called after every step
+    const std::atomic<bool>* stop = nullptr;           // set to true to cancel between steps
+};
+
+struct Metrics {
+    double loss = 0.0;
+    double accuracy = 0.0;  // classification only, in [0, 1]
+    std::int64_t samples = 0;
+};
+
+struct TrainReport {
+    enum class Outcome { committed, rolled_back, nothing_to_do, cancelled };
+    Outcome outcome = Outcome::nothing_to_do;
+    std::string reason;  // why it stopped / why it was rolled back, in words
+    std::int64_t steps = 0;
+    int epochs = 0;
+    std::int64_t train_samples = 0;
+    std::int64_t validation_samples = 0;
+    std::vector<float> loss_curve;  // mean loss per epoch
+    std::optional<Metrics> before, after;  // on the validation split
+    std::chrono::milliseconds duration{0};
+    bool retrained_from_base = false;  // forget() / backbone upgrade
+    std::string to_json() const;
+};
+
+struct Prediction {
+    std::int32_t label = 0;
+    float probability = 0.0f;
+};
+
+struct PersonalizerOptions {
+    std::shared_ptr<const Backbone> backbone;
+    HeadSpec head;
+    Retention retention = Retention::unlimited();
+    Durability durability = Durability::normal;
+    std::uint64_t seed = 0;              // head initialization and the validation split
+    float validation_fraction = 0.2f;    // of each class; classes with < 5 samples keep all
+};
+
+class BackgroundTraining;
+
+class Personalizer {
+public:
+    // Opens (or creates) the database. First open: records the backbone digest and head spec
+    // and saves a `base` checkpoint of the initial head. Later opens resume from the latest
+    // checkpoint; a different backbone digest recomputes features from the stored raw inputs
+    // and retrains the head from a fresh base (report in last_upgrade()).
+    static std::unique_ptr<Personalizer> open(const std::string& db_path,
+                                              const PersonalizerOptions& options);
+    ~Personalizer();
+
+    // Validates, stores and caches backbone features; all or nothing. Returns ids.
+    std::int64_t add(const Sample& sample);
+    std::vector<std::int64_t> add(std::span<const Sample> samples);
+
+    // Top-k labels with probabilities, best first, from the last committed head.
+    std::vector<Prediction> predict(const Sample& input, int k = 1) const;
+    // Regression heads: the predicted target [W].
+    std::vector<float> regress(const Sample& input) const;
+    // Loss and accuracy of the committed head on the given (labelled) samples.
+    Metrics evaluate(std::span<const Sample> samples) const;
+
+    TrainReport train(const TrainOptions& options);
+    // Starts train() on a worker thread; add/predict stay usable meanwhile.
+    std::unique_ptr<BackgroundTraining> train_async(TrainOptions options);
+
+    // Deletes the samples and their features; if any was used to train the current head,
+    // retrains from the base checkpoint on what remains (exact unlearning) with `retrain`.
+    TrainReport forget(std::span<const std::int64_t> ids, const TrainOptions& retrain = {});
+
+    std::int64_t sample_count() const;
+    std::vector<std::int64_t> count_per_label() const;
+    std::optional<TrainReport> last_upgrade() const;
+    // The committed head's parameters, in stable order (for export and tests).
+    std::vector<std::pair<std::string, Matrix>> head_parameters() const;
+    // The store, for apps that want to inspect or manage samples directly. Not thread-safe:
+    // do not use while a background training runs.
+    SampleStore& store();
+
+    struct Impl;
+
+private:
+    explicit Personalizer(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+// A training run on a worker thread. Destroying it cancels and joins.
+class BackgroundTraining {
+public:
+    ~BackgroundTraining();
+    // The latest progress (thread-safe).
+    Progress progress() const;
+    // Asks the run to stop between steps; the last committed checkpoint stays intact.
+    void cancel();
+    // Blocks until the run ends; rethrows its exception if it threw.
+    TrainReport wait();
+    bool done() const;
+
+    struct State;
+    explicit BackgroundTraining(std::shared_ptr<State> state);
+
+private:
+    std::shared_ptr<State> state_;
+};
+
+}  // namespace edgetune

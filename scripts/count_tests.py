@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""count_tests.py — sum test results from meson testlog.json files into one plain line.
+
+A doctest suite counts its test cases (from doctest's summary line); any other test (the
+examples' smoke runs, the format check) counts as one. A suite that failed at the process level
+with no failed test case (a crash, a sanitizer report) counts one more failure.
+Prints: "N passed, N failed". Exit status 1 if anything failed.
+"""
+import json
+import re
+import sys
+
+SUMMARY = re.compile(r"\[doctest\] test cases:\s*(\d+)\s*\|\s*(\d+) passed\s*\|\s*(\d+) failed")
+
+args = sys.argv[1:]
+passed = failed = 0
+if args[:1] == ["--extra-failed"]:  # checks run outside meson (the format check)
+    extra = int(args[1])
+    passed += 1 - extra
+    failed += extra
+    args = args[2:]
+for path in args:
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line)
+            ok = entry.get("result") in ("OK", "EXPECTEDFAIL")
+            m = SUMMARY.search(entry.get("stdout") or "")
+            if m:
+                passed += int(m.group(2))
+                failed += int(m.group(3))
+                if not ok and int(m.group(3)) == 0:
+                    failed += 1
+            elif ok:
+                passed += 1
+            else:
+                failed += 1
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
