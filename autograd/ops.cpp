@@ -343,11 +343,15 @@ Var dropout(const Var& a, float p, Rng& rng, bool training) {
 // ---- softmax family --------------------------------------------------------------------
 
 namespace {
-// Row-wise log-sum-exp of z [n x C] -> [n x 1], max-subtracted (finite for finite input).
-Eigen::VectorXf row_logsumexp(const Matrix& z) {
+// Row-wise log-softmax of z [n x C]: (z - max) - log(sum(exp(z - max))).
+// NOTE: subtract the max and the log-sum separately; folding them into one log-sum-exp first
+// loses the small log-sum in the large max's rounding (logits of 1000 are off by 1e-4).
+Matrix row_log_softmax(const Matrix& z) {
     const Eigen::VectorXf m = z.rowwise().maxCoeff();
-    Eigen::VectorXf lse = ((z.colwise() - m).array().exp().rowwise().sum()).log().matrix();
-    return lse + m;
+    Matrix shifted = z.colwise() - m;
+    const Eigen::VectorXf log_sum = shifted.array().exp().rowwise().sum().log().matrix();
+    shifted.colwise() -= log_sum;
+    return shifted;
 }
 }  // namespace
 
@@ -355,7 +359,7 @@ Eigen::VectorXf row_logsumexp(const Matrix& z) {
 // g - softmax * rowsum(g), using softmax = exp(output).
 Var log_softmax(const Var& logits) {
     if (logits.cols() == 0) fail("log_softmax", "no classes in " + shape_str(logits.value()));
-    Matrix out = logits.value().colwise() - row_logsumexp(logits.value());
+    Matrix out = row_log_softmax(logits.value());
     return make_op(std::move(out), {&logits}, [](Node& self) {
         const Eigen::VectorXf gsum = self.grad.rowwise().sum();
         Matrix d = self.value.array().exp().matrix();
@@ -442,7 +446,7 @@ float weighted_nll(const ClassCoefficients& k, const IdList& labels, const Matri
 Var cross_entropy(const Var& logits, const IdList& labels, const CrossEntropyOptions& opts) {
     const Matrix& z = logits.value();
     ClassCoefficients k = class_coefficients("cross_entropy", z.rows(), z.cols(), labels, opts);
-    Matrix lp = z.colwise() - row_logsumexp(z);
+    Matrix lp = row_log_softmax(z);
     const float loss = weighted_nll(k, labels, lp);
     lp = lp.array().exp().matrix();  // now P = softmax(z); kept for backward
     return make_op(Matrix::Constant(1, 1, loss), {&logits},
