@@ -1,0 +1,892 @@
+// sample_store.cpp — SampleStore: opening and migrating the file, samples and retention, the
+// feature cache, checkpoints, meta, the runs log and the public Transaction.
+//
+// Every write that takes more than one statement runs under a TxGuard, so it is all or nothing
+// and joins a caller's open Transaction as a savepoint. Inputs are validated completely before
+// the first statement runs. Blobs are little-endian 4-byte values (float32 / int32).
+#include "db.hpp"
+#include "sql.hpp"
+#include "storage.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <iterator>
+#include <numeric>
+#include <set>
+#include <system_error>
+
+namespace edgetune {
+
+using detail::Db;
+using detail::ReadGuard;
+using detail::Stmt;
+using detail::TxGuard;
+
+struct SampleStore::Impl {
+    Impl(const std::string& path, const StoreOptions& o)
+        : db(path, o.read_only, o.busy_timeout), options(o) {}
+    Db db;
+    StoreOptions options;
+};
+
+namespace {
+
+// --- schema versions ---------------------------------------------------------------------------
+
+void migrate_to_v1(Db& db) {
+    db.exec(sql::schema_v1, "sample_store.migrate_to_v1");
+}
+
+// migrations[v] brings a store from user_version v to v + 1; schema v2 appends migrate_to_v2.
+using Migration = void (*)(Db&);
+constexpr Migration migrations[] = {&migrate_to_v1};
+constexpr int schema_version = static_cast<int>(std::size(migrations));
+
+// Keys of `meta` that belong to the store itself.
+constexpr std::string_view reserved_prefix = "store.";
+constexpr char key_declaration[] = "store.declaration";  // describe(input, label)
+constexpr char key_offered[] = "store.offered";          // samples ever offered to add()
+
+constexpr std::size_t max_digest_bytes = 256;
+
+// --- little-endian blobs -----------------------------------------------------------------------
+
+// The bytes of `values` in little-endian order: the values themselves on a little-endian host,
+// else a byte-swapped copy in `scratch`.
+template <class T>
+std::span<const std::uint8_t> le_bytes(std::span<const T> values,
+                                       std::vector<std::uint8_t>& scratch) {
+    static_assert(sizeof(T) == 4);
+    const auto* p = reinterpret_cast<const std::uint8_t*>(values.data());
+    if constexpr (std::endian::native == std::endian::little) {
+        return {p, values.size_bytes()};
+    } else {
+        scratch.assign(p, p + values.size_bytes());
+        for (std::size_t i = 0; i < scratch.size(); i += 4)
+            std::reverse(scratch.begin() + i, scratch.begin() + i + 4);
+        return scratch;
+    }
+}
+
+// Copies a little-endian blob of 4-byte values into out[0 .. blob.size() / 4).
+template <class T>
+void from_le(std::span<const std::uint8_t> blob, T* out) {
+    static_assert(sizeof(T) == 4);
+    if (!blob.empty()) std::memcpy(out, blob.data(), blob.size());
+    if constexpr (std::endian::native != std::endian::little) {
+        auto* bytes = reinterpret_cast<std::uint8_t*>(out);
+        for (std::size_t i = 0; i < blob.size(); i += 4) std::reverse(bytes + i, bytes + i + 4);
+    }
+}
+
+// --- small helpers -----------------------------------------------------------------------------
+
+std::int64_t now_ms() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+std::int64_t sql_limit(std::size_t n) {
+    return n > static_cast<std::size_t>(INT64_MAX) ? INT64_MAX : static_cast<std::int64_t>(n);
+}
+
+const char* nan_or_inf(float v) {
+    return std::isnan(v) ? "NaN" : "Inf";
+}
+
+// "5, 9, 11 and 20 more" for error messages.
+std::string id_list(const std::vector<std::int64_t>& ids) {
+    constexpr std::size_t shown = 8;
+    std::string s;
+    for (std::size_t i = 0; i < ids.size() && i < shown; ++i)
+        s += (i ? ", " : "") + std::to_string(ids[i]);
+    if (ids.size() > shown) s += fmt::format(" and {} more", ids.size() - shown);
+    return s;
+}
+
+std::string describe(const InputSpec& in, const LabelSpec& label) {
+    return fmt::format("{}[{}] -> {}({})",
+                       in.kind == InputSpec::Kind::float_vector ? "float_vector" : "token_sequence",
+                       in.size, label.kind == LabelSpec::Kind::classes ? "classes" : "regression",
+                       label.size);
+}
+
+std::string_view kind_name(CheckpointKind kind) {
+    return kind == CheckpointKind::base ? "base" : "trained";
+}
+
+std::int64_t scalar(Db& db, const char* sql, std::string_view op) {
+    Stmt st(db, sql, op);
+    return st.step() ? st.int64(0) : 0;
+}
+
+std::vector<std::int64_t> collect_ids(Stmt& st) {
+    std::vector<std::int64_t> ids;
+    while (st.step()) ids.push_back(st.int64(0));
+    return ids;
+}
+
+// n of `ids` drawn uniformly without replacement (partial Fisher-Yates), in ascending order.
+std::vector<std::int64_t> choose(std::vector<std::int64_t> ids, std::size_t n, Rng& rng) {
+    if (n >= ids.size()) return ids;
+    for (std::size_t i = 0; i < n; ++i) std::swap(ids[i], ids[i + rng.below(ids.size() - i)]);
+    ids.resize(n);
+    std::sort(ids.begin(), ids.end());
+    return ids;
+}
+
+void check_size(std::size_t bytes, const StoreOptions& o, std::string_view op,
+                std::string_view field) {
+    if (bytes > static_cast<std::size_t>(o.max_blob_bytes))
+        throw InvalidArgument(fmt::format("[{}] {} is {} bytes; max_blob_bytes is {}", op, field,
+                                          bytes, o.max_blob_bytes));
+}
+
+void check_digest(std::string_view digest, std::string_view op) {
+    if (digest.empty() || digest.size() > max_digest_bytes)
+        throw InvalidArgument(fmt::format("[{}] digest must be 1 to {} bytes; got {}", op,
+                                          max_digest_bytes, digest.size()));
+}
+
+// --- options and samples: rejected at the door -------------------------------------------------
+
+void validate_options(const StoreOptions& o, std::string_view op) {
+    constexpr std::int64_t sqlite_max_blob = 1'000'000'000;  // SQLITE_MAX_LENGTH default
+    if (o.max_blob_bytes < 1 || o.max_blob_bytes > sqlite_max_blob)
+        throw InvalidArgument(fmt::format("[{}] max_blob_bytes {} is out of range [1, {}]", op,
+                                          o.max_blob_bytes, sqlite_max_blob));
+    const std::int64_t max_values = o.max_blob_bytes / 4;
+    if (o.input.size < 1 || o.input.size > max_values)
+        throw InvalidArgument(
+            fmt::format("[{}] input.size {} is out of range [1, {}] "
+                        "(max_blob_bytes {})",
+                        op, o.input.size, max_values, o.max_blob_bytes));
+    const std::int64_t max_label =
+        o.label.kind == LabelSpec::Kind::classes ? INT32_MAX : max_values;
+    if (o.label.size < 1 || o.label.size > max_label)
+        throw InvalidArgument(
+            fmt::format("[{}] label.size {} is out of range [1, {}]", op, o.label.size, max_label));
+    const Retention& r = o.retention;
+    if (r.kind != Retention::Kind::unlimited && r.capacity < 1)
+        throw InvalidArgument(
+            fmt::format("[{}] retention.capacity {} must be >= 1", op, r.capacity));
+    if (r.kind == Retention::Kind::per_class_cap && o.label.kind != LabelSpec::Kind::classes)
+        throw InvalidArgument(
+            fmt::format("[{}] retention per_class_cap needs a classes store", op));
+    if (o.busy_timeout.count() < 0 || o.busy_timeout.count() > INT32_MAX)
+        throw InvalidArgument(
+            fmt::format("[{}] busy_timeout {} ms is out of range", op, o.busy_timeout.count()));
+    if (o.cache_bytes < 0)
+        throw InvalidArgument(fmt::format("[{}] cache_bytes {} is negative", op, o.cache_bytes));
+    if (o.max_pages < 0)
+        throw InvalidArgument(fmt::format("[{}] max_pages {} is negative", op, o.max_pages));
+}
+
+// Throws InvalidArgument "[op] <field>..." for the first problem; `field` prefixes the field
+// name ("samples[3]." in a batch).
+void validate_sample(const Sample& s, const StoreOptions& o, std::string_view op,
+                     std::string_view field) {
+    auto fail = [&](const std::string& what) {
+        throw InvalidArgument(fmt::format("[{}] {}{}", op, field, what));
+    };
+    const auto declared = static_cast<std::size_t>(o.input.size);
+    if (o.input.kind == InputSpec::Kind::float_vector) {
+        if (!s.tokens.empty()) fail("tokens given to a float_vector store (use input)");
+        if (s.input.size() != declared)
+            fail(fmt::format("input has {} values; the store declares {}", s.input.size(),
+                             declared));
+        for (std::size_t i = 0; i < s.input.size(); ++i)
+            if (!std::isfinite(s.input[i]))
+                fail(fmt::format("input[{}] is {}", i, nan_or_inf(s.input[i])));
+    } else {
+        if (!s.input.empty()) fail("input given to a token_sequence store (use tokens)");
+        if (s.tokens.size() != declared)
+            fail(
+                fmt::format("tokens has {} ids; the store declares {}", s.tokens.size(), declared));
+        for (std::size_t i = 0; i < s.tokens.size(); ++i)
+            if (s.tokens[i] < 0)
+                fail(fmt::format("tokens[{}] is {} (must be >= 0)", i, s.tokens[i]));
+    }
+    if (o.label.kind == LabelSpec::Kind::classes) {
+        if (s.label < 0 || s.label >= o.label.size)
+            fail(fmt::format("label {} out of range for {} classes", s.label, o.label.size));
+        if (!s.target.empty()) fail("target given to a classes store (use label)");
+    } else {
+        if (s.label != -1)
+            fail(fmt::format("label {} given to a regression store (use target)", s.label));
+        if (s.target.size() != static_cast<std::size_t>(o.label.size))
+            fail(fmt::format("target has {} values; the store declares {}", s.target.size(),
+                             o.label.size));
+        for (std::size_t i = 0; i < s.target.size(); ++i)
+            if (!std::isfinite(s.target[i]))
+                fail(fmt::format("target[{}] is {}", i, nan_or_inf(s.target[i])));
+    }
+    if (!std::isfinite(s.weight)) fail(fmt::format("weight is {}", nan_or_inf(s.weight)));
+    if (s.weight < 0) fail(fmt::format("weight {} is negative", s.weight));
+    if (s.created_at < 0) fail(fmt::format("created_at {} is negative", s.created_at));
+}
+
+// --- rows <-> structs ---------------------------------------------------------------------------
+
+// Reads the current row of a sample query (column order in sql.hpp), validating blob sizes.
+Sample read_sample(const Stmt& st, Fields fields, const StoreOptions& o) {
+    Sample s;
+    s.id = st.int64(0);
+    s.created_at = st.int64(1);
+    auto corrupt = [&](const std::string& what) {
+        return CorruptData(fmt::format("[{}] sample {}: {}", st.what(), s.id, what));
+    };
+    if (o.label.kind == LabelSpec::Kind::classes) {
+        const std::int64_t label = st.int64(2);
+        if (st.is_null(2) || label < 0 || label >= o.label.size)
+            throw corrupt(fmt::format("stored label {} is out of range", label));
+        s.label = static_cast<std::int32_t>(label);
+    } else {
+        const auto blob = st.blob(3);
+        if (blob.size() != static_cast<std::size_t>(o.label.size) * 4)
+            throw corrupt(
+                fmt::format("target blob is {} bytes; expected {}", blob.size(), o.label.size * 4));
+        s.target.resize(blob.size() / 4);
+        from_le(blob, s.target.data());
+    }
+    s.weight = static_cast<float>(st.real(4));
+    if (fields == Fields::all) {
+        const auto blob = st.blob(5);
+        if (blob.size() != static_cast<std::size_t>(o.input.size) * 4)
+            throw corrupt(
+                fmt::format("input blob is {} bytes; expected {}", blob.size(), o.input.size * 4));
+        if (o.input.kind == InputSpec::Kind::float_vector) {
+            s.input.resize(blob.size() / 4);
+            from_le(blob, s.input.data());
+        } else {
+            s.tokens.resize(blob.size() / 4);
+            from_le(blob, s.tokens.data());
+        }
+    }
+    return s;
+}
+
+CheckpointInfo read_checkpoint_info(const Stmt& st) {
+    CheckpointInfo info;
+    info.id = st.int64(0);
+    info.created_at = st.int64(1);
+    const std::string kind = st.text(2);
+    if (kind != "base" && kind != "trained")
+        throw CorruptData(
+            fmt::format("[{}] checkpoint {} has kind '{}'", st.what(), info.id, kind));
+    info.kind = kind == "base" ? CheckpointKind::base : CheckpointKind::trained;
+    info.step = st.int64(3);
+    info.backbone_digest = st.text(4);
+    info.metrics = st.text(5);
+    info.payload_bytes = st.int64(6);
+    return info;
+}
+
+std::optional<StoredCheckpoint> read_checkpoint(Stmt& st) {
+    if (!st.step()) return std::nullopt;
+    StoredCheckpoint ck{read_checkpoint_info(st), {}};
+    const auto blob = st.blob(7);
+    ck.payload.assign(blob.begin(), blob.end());
+    return ck;
+}
+
+// --- meta ----------------------------------------------------------------------------------
+
+std::optional<std::string> meta_value(Db& db, std::string_view key, std::string_view op) {
+    Stmt st(db, sql::select_meta, op);
+    st.bind(1, key);
+    if (!st.step()) return std::nullopt;
+    return st.text(0);
+}
+
+void put_meta(Db& db, std::string_view key, std::string_view value, std::string_view op) {
+    Stmt(db, sql::upsert_meta, op).bind(1, key).bind(2, value).run();
+}
+
+std::int64_t read_offered(Db& db, std::string_view op) {
+    const std::string text = meta_value(db, key_offered, op).value_or("0");
+    std::int64_t n = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc() || end != text.data() + text.size() || n < 0)
+        throw CorruptData(
+            fmt::format("[{}] meta '{}' is '{}', not a count", op, key_offered, text));
+    return n;
+}
+
+// --- opening ---------------------------------------------------------------------------------
+
+// Creates the file with mode 0600 if it does not exist, so SQLite (and its -wal and -shm files,
+// which copy the database's mode) never creates it world-readable.
+void create_private_file(const std::string& path, std::string_view op) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        ::close(fd);
+    } else if (errno != EEXIST) {
+        throw StorageError(fmt::format("[{}] cannot create the file: {}", op,
+                                       std::error_code(errno, std::generic_category()).message()));
+    }
+}
+
+int read_user_version(Db& db, std::string_view op) {
+    return static_cast<int>(scalar(db, sql::get_user_version, op));
+}
+
+void migrate(Db& db, const StoreOptions& o, std::string_view op) {
+    TxGuard tx(db, op);
+    // Re-read under the write lock: another connection may have migrated meanwhile.
+    const int from = read_user_version(db, op);
+    if (from >= schema_version) return;  // nothing to do; the guard ends the transaction
+    for (int v = from; v < schema_version; ++v) migrations[v](db);
+    if (from == 0) {
+        put_meta(db, key_declaration, describe(o.input, o.label), op);
+        put_meta(db, key_offered, "0", op);
+    }
+    db.exec(sql::set_user_version_prefix + std::to_string(schema_version), op);
+    tx.commit();
+}
+
+// --- adding ----------------------------------------------------------------------------------
+
+std::int64_t insert_sample(Db& db, const Sample& s, const StoreOptions& o, std::int64_t now,
+                           std::string_view op) {
+    std::vector<std::uint8_t> input_scratch, target_scratch;  // big-endian hosts only
+    Stmt st(db, sql::insert_sample, op);
+    st.bind(1, s.created_at != 0 ? s.created_at : now);
+    if (o.label.kind == LabelSpec::Kind::classes) {
+        st.bind(2, static_cast<std::int64_t>(s.label)).bind_null(3);
+    } else {
+        st.bind_null(2).bind_blob(3, le_bytes(std::span(s.target), target_scratch));
+    }
+    st.bind(4, static_cast<double>(s.weight));
+    st.bind_blob(5, o.input.kind == InputSpec::Kind::float_vector
+                        ? le_bytes(std::span(s.input), input_scratch)
+                        : le_bytes(std::span(s.tokens), input_scratch));
+    st.run();
+    return db.last_insert_id();
+}
+
+// Deletes the sample at position `offset` in id order (a reservoir slot).
+void delete_sample_at(Db& db, std::uint64_t offset, std::string_view op) {
+    std::int64_t id = 0;
+    {
+        Stmt find(db, sql::select_id_at_offset, op);
+        find.bind(1, static_cast<std::int64_t>(offset));
+        if (!find.step()) return;
+        id = find.int64(0);
+    }
+    Stmt(db, sql::delete_sample, op).bind(1, id).run();
+}
+
+// Inserts validated samples and enforces the retention policy, in one transaction.
+std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
+                                         std::span<const Sample> samples, std::string_view op) {
+    const Retention& r = o.retention;
+    std::vector<std::int64_t> ids;
+    if (samples.empty()) return ids;
+    ids.reserve(samples.size());
+    const std::int64_t now = now_ms();
+
+    TxGuard tx(db, op);
+    std::int64_t offered = read_offered(db, op);
+    std::int64_t count =
+        r.kind == Retention::Kind::reservoir ? scalar(db, sql::count_samples, op) : 0;
+    for (const Sample& s : samples) {
+        ++offered;
+        if (r.kind == Retention::Kind::reservoir) {
+            // Algorithm R: the t-th offered sample replaces a uniform slot with probability
+            // capacity / t. The draw depends only on (seed, t), so it survives a reopen.
+            Rng rng(r.seed ^ (static_cast<std::uint64_t>(offered) * 0x9e3779b97f4a7c15ULL));
+            for (; count > r.capacity; --count)  // the capacity was lowered since last time
+                delete_sample_at(db, rng.below(static_cast<std::uint64_t>(count)), op);
+            if (count == r.capacity) {
+                const std::uint64_t slot = rng.below(static_cast<std::uint64_t>(offered));
+                if (slot >= static_cast<std::uint64_t>(r.capacity)) {
+                    ids.push_back(SampleStore::not_kept);
+                    continue;
+                }
+                delete_sample_at(db, slot, op);
+                --count;
+            }
+            ++count;
+        }
+        ids.push_back(insert_sample(db, s, o, now, op));
+    }
+    if (r.kind == Retention::Kind::keep_newest)
+        Stmt(db, sql::trim_to_newest, op).bind(1, r.capacity - 1).run();
+    if (r.kind == Retention::Kind::per_class_cap) {
+        std::set<std::int32_t> labels;
+        for (const Sample& s : samples) labels.insert(s.label);
+        for (std::int32_t label : labels)
+            Stmt(db, sql::trim_class_to_newest, op)
+                .bind(1, static_cast<std::int64_t>(label))
+                .bind(2, r.capacity - 1)
+                .run();
+    }
+    put_meta(db, key_offered, std::to_string(offered), op);
+    tx.commit();
+    return ids;
+}
+
+}  // namespace
+
+// ================================================================================================
+// SampleStore
+// ================================================================================================
+
+SampleStore::SampleStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SampleStore::SampleStore(SampleStore&&) noexcept = default;
+SampleStore& SampleStore::operator=(SampleStore&&) noexcept = default;
+SampleStore::~SampleStore() = default;
+
+const InputSpec& SampleStore::input_spec() const {
+    return impl_->options.input;
+}
+const LabelSpec& SampleStore::label_spec() const {
+    return impl_->options.label;
+}
+
+SampleStore SampleStore::open(const std::string& path, const StoreOptions& options) {
+    const std::string op = fmt::format("sample_store.open '{}'", path);
+    validate_options(options, op);
+    if (!options.read_only) create_private_file(path, op);
+    auto impl = std::make_unique<Impl>(path, options);
+    Db& db = impl->db;
+
+    // Only reads until the file is known to be ours and not newer: a file that is not a
+    // database, or has a newer schema, is left untouched.
+    const int version = read_user_version(db, op);  // "file is not a database" surfaces here
+    if (version > schema_version)
+        throw StorageError(
+            fmt::format("[{}] schema version {} is newer than this build "
+                        "supports ({}); open it with a newer edgetune",
+                        op, version, schema_version));
+    if (version == 0 && scalar(db, sql::count_schema_objects, op) != 0)
+        throw StorageError(fmt::format("[{}] is an SQLite database but not an edgetune store", op));
+
+    Stmt(db, sql::foreign_keys_on, op).run();
+    Stmt(db, sql::secure_delete_on, op).run();
+    if (options.read_only) {
+        if (version < schema_version)
+            throw StorageError(
+                fmt::format("[{}] read-only, but schema version {} needs a "
+                            "migration to {}",
+                            op, version, schema_version));
+    } else {
+        Stmt(db,
+             options.durability == Durability::full ? sql::synchronous_full
+                                                    : sql::synchronous_normal,
+             op)
+            .run();
+        // Raw inputs and feature rows are KiB-sized blobs: 16 KiB pages pack them with little
+        // slack (one 784-float row per 4 KiB page, five per 16 KiB page), and bulk inserts
+        // write fewer, larger WAL frames. Only a new, empty file takes a page size.
+        if (version == 0) Stmt(db, sql::page_size_16k, op).run();
+        {
+            Stmt wal(db, sql::journal_mode_wal, op);
+            if (!wal.step() || wal.text(0) != "wal")
+                throw StorageError(fmt::format("[{}] cannot switch to WAL journal mode", op));
+        }
+        migrate(db, options, op);
+    }
+
+    const std::string wanted = describe(options.input, options.label);
+    const std::optional<std::string> declared = meta_value(db, key_declaration, op);
+    if (!declared) throw CorruptData(fmt::format("[{}] the store declaration is missing", op));
+    if (*declared != wanted)
+        throw InvalidArgument(
+            fmt::format("[{}] the store was created for {}; opened as {}", op, *declared, wanted));
+    if (options.max_pages > 0)
+        db.exec(sql::max_page_count_prefix + std::to_string(options.max_pages), op);
+    db.exec(sql::cache_size_kib_prefix + std::to_string(-(options.cache_bytes / 1024)), op);
+    return SampleStore(std::move(impl));
+}
+
+// --- samples -----------------------------------------------------------------------------------
+
+std::int64_t SampleStore::add(const Sample& sample) {
+    constexpr std::string_view op = "sample_store.add";
+    validate_sample(sample, impl_->options, op, "");
+    return insert_samples(impl_->db, impl_->options, std::span(&sample, 1), op).front();
+}
+
+std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples) {
+    constexpr std::string_view op = "sample_store.add_batch";
+    for (std::size_t i = 0; i < samples.size(); ++i)
+        validate_sample(samples[i], impl_->options, op, fmt::format("samples[{}].", i));
+    return insert_samples(impl_->db, impl_->options, samples, op);
+}
+
+std::optional<Sample> SampleStore::get(std::int64_t id, Fields fields) const {
+    Stmt st(impl_->db, fields == Fields::all ? sql::select_sample : sql::select_sample_no_input,
+            "sample_store.get");
+    st.bind(1, id);
+    if (!st.step()) return std::nullopt;
+    return read_sample(st, fields, impl_->options);
+}
+
+std::vector<Sample> SampleStore::get_many(std::span<const std::int64_t> ids, Fields fields) const {
+    ReadGuard snapshot(impl_->db, "sample_store.get_many");
+    Stmt st(impl_->db, fields == Fields::all ? sql::select_sample : sql::select_sample_no_input,
+            "sample_store.get_many");
+    std::vector<Sample> out;
+    out.reserve(ids.size());
+    std::vector<std::int64_t> missing;
+    for (std::int64_t id : ids) {
+        st.bind(1, id);
+        if (st.step())
+            out.push_back(read_sample(st, fields, impl_->options));
+        else
+            missing.push_back(id);
+        st.reset();
+    }
+    if (!missing.empty())
+        throw InvalidArgument(fmt::format("[sample_store.get_many] {} of {} ids do not exist: {}",
+                                          missing.size(), ids.size(), id_list(missing)));
+    return out;
+}
+
+std::int64_t SampleStore::count() const {
+    return scalar(impl_->db, sql::count_samples, "sample_store.count");
+}
+
+std::vector<std::int64_t> SampleStore::count_per_label() const {
+    constexpr std::string_view op = "sample_store.count_per_label";
+    const LabelSpec& spec = impl_->options.label;
+    if (spec.kind != LabelSpec::Kind::classes)
+        throw InvalidArgument(fmt::format("[{}] needs a classes store", op));
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(spec.size), 0);
+    Stmt st(impl_->db, sql::count_per_label, op);
+    while (st.step()) {
+        const std::int64_t label = st.int64(0);
+        if (label < 0 || label >= spec.size)
+            throw CorruptData(fmt::format("[{}] stored label {} is out of range", op, label));
+        counts[static_cast<std::size_t>(label)] = st.int64(1);
+    }
+    return counts;
+}
+
+SampleCursor SampleStore::scan(const ScanOptions& options) const {
+    if (options.batch == 0) throw InvalidArgument("[sample_store.scan] batch must be >= 1");
+    return SampleCursor(impl_.get(), options.after_id, options.batch, options.fields);
+}
+
+bool SampleCursor::next(std::vector<Sample>& out) {
+    out.clear();
+    Stmt st(impl_->db,
+            fields_ == Fields::all ? sql::select_samples_after : sql::select_samples_after_no_input,
+            "sample_store.scan");
+    st.bind(1, last_id_).bind(2, sql_limit(batch_));
+    while (st.step()) out.push_back(read_sample(st, fields_, impl_->options));
+    if (!out.empty()) last_id_ = out.back().id;
+    return !out.empty();
+}
+
+std::vector<std::int64_t> SampleStore::sample_uniform(std::size_t n, Rng& rng) const {
+    Stmt st(impl_->db, sql::select_all_ids, "sample_store.sample_uniform");
+    return choose(collect_ids(st), n, rng);
+}
+
+std::vector<std::int64_t> SampleStore::recent(std::size_t n) const {
+    Stmt st(impl_->db, sql::select_recent_ids, "sample_store.recent");
+    st.bind(1, sql_limit(n));
+    return collect_ids(st);
+}
+
+std::vector<std::int64_t> SampleStore::sample_per_class(std::size_t n, Rng& rng) const {
+    constexpr std::string_view op = "sample_store.sample_per_class";
+    const LabelSpec& spec = impl_->options.label;
+    if (spec.kind != LabelSpec::Kind::classes)
+        throw InvalidArgument(fmt::format("[{}] needs a classes store", op));
+    std::vector<std::int64_t> out;
+    ReadGuard snapshot(impl_->db, op);
+    for (std::int64_t label = 0; label < spec.size; ++label) {
+        Stmt st(impl_->db, sql::select_ids_of_label, op);
+        st.bind(1, label);
+        const std::vector<std::int64_t> chosen = choose(collect_ids(st), n, rng);
+        out.insert(out.end(), chosen.begin(), chosen.end());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+std::vector<std::int64_t> SampleStore::ids_after(std::int64_t after_id, std::size_t limit) const {
+    Stmt st(impl_->db, sql::select_ids_after, "sample_store.ids_after");
+    st.bind(1, after_id).bind(2, sql_limit(limit));
+    return collect_ids(st);
+}
+
+std::int64_t SampleStore::delete_ids(std::span<const std::int64_t> ids) {
+    constexpr std::string_view op = "sample_store.delete_ids";
+    TxGuard tx(impl_->db, op);
+    std::int64_t deleted = 0;
+    {
+        Stmt st(impl_->db, sql::delete_sample, op);
+        for (std::int64_t id : ids) {
+            st.bind(1, id).run();
+            deleted += impl_->db.changes();
+            st.reset();
+        }
+    }
+    tx.commit();
+    return deleted;
+}
+
+std::int64_t SampleStore::delete_older_than(std::int64_t cutoff_ms) {
+    Stmt(impl_->db, sql::delete_samples_before, "sample_store.delete_older_than")
+        .bind(1, cutoff_ms)
+        .run();
+    return impl_->db.changes();
+}
+
+// --- feature cache -----------------------------------------------------------------------------
+
+void SampleStore::put_features(std::string_view digest, std::span<const std::int64_t> ids,
+                               const Matrix& values) {
+    constexpr std::string_view op = "sample_store.put_features";
+    check_digest(digest, op);
+    if (values.rows() != static_cast<Index>(ids.size()))
+        throw InvalidArgument(fmt::format("[{}] values {} has {} rows for {} ids", op,
+                                          shape_str(values), values.rows(), ids.size()));
+    if (ids.empty()) return;
+    if (values.cols() < 1)
+        throw InvalidArgument(fmt::format("[{}] values {} has no columns", op, shape_str(values)));
+    const std::size_t row_bytes = static_cast<std::size_t>(values.cols()) * 4;
+    check_size(row_bytes, impl_->options, op, "value row");
+    for (Index r = 0; r < values.rows(); ++r)
+        for (Index c = 0; c < values.cols(); ++c)
+            if (!std::isfinite(values(r, c)))
+                throw InvalidArgument(
+                    fmt::format("[{}] values({}, {}) is {}", op, r, c, nan_or_inf(values(r, c))));
+
+    Db& db = impl_->db;
+    TxGuard tx(db, op);
+    {
+        Stmt width(db, sql::select_feature_bytes, op);
+        width.bind(1, digest);
+        if (width.step() && static_cast<std::size_t>(width.int64(0)) != row_bytes)
+            throw InvalidArgument(fmt::format("[{}] digest '{}' holds rows of {} floats; got {}",
+                                              op, digest, width.int64(0) / 4, values.cols()));
+    }
+    {
+        Stmt st(db, sql::upsert_feature, op);
+        st.bind(2, digest);
+        std::vector<std::uint8_t> scratch;  // big-endian hosts only
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            const std::span<const float> row(values.row(static_cast<Index>(i)).data(),
+                                             static_cast<std::size_t>(values.cols()));
+            st.bind(1, ids[i]).bind_blob(3, le_bytes(row, scratch));
+            const int rc = st.step_rc();
+            if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+                throw InvalidArgument(fmt::format("[{}] sample {} does not exist", op, ids[i]));
+            db.check(rc, op);
+            st.reset();
+        }
+    }
+    tx.commit();
+}
+
+Matrix SampleStore::get_features(std::string_view digest, std::span<const std::int64_t> ids) const {
+    constexpr std::string_view op = "sample_store.get_features";
+    check_digest(digest, op);
+    if (ids.empty()) return Matrix();
+    Matrix out;
+    // Copies one blob straight into its row; the first blob found fixes the width F.
+    auto put_row = [&](std::size_t row, std::int64_t id, std::span<const std::uint8_t> blob) {
+        if (out.size() == 0) {
+            if (blob.empty() || blob.size() % 4 != 0)
+                throw CorruptData(
+                    fmt::format("[{}] sample {}: feature blob is {} bytes", op, id, blob.size()));
+            out.resize(static_cast<Index>(ids.size()), static_cast<Index>(blob.size() / 4));
+        }
+        if (blob.size() != static_cast<std::size_t>(out.cols()) * 4)
+            throw CorruptData(fmt::format("[{}] sample {}: feature blob is {} bytes; expected {}",
+                                          op, id, blob.size(), out.cols() * 4));
+        from_le(blob, out.row(static_cast<Index>(row)).data());
+    };
+    std::vector<std::size_t> missing;  // positions in ids
+    const auto [lo, hi] = std::minmax_element(ids.begin(), ids.end());
+    ReadGuard snapshot(impl_->db, op);
+    if (static_cast<std::uint64_t>(*hi) - static_cast<std::uint64_t>(*lo) < 4 * ids.size()) {
+        // Dense request (say, every training sample): one ordered range scan, no seeks.
+        std::vector<std::size_t> order(ids.size());  // positions in ascending id order
+        std::iota(order.begin(), order.end(), std::size_t{0});
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::size_t a, std::size_t b) { return ids[a] < ids[b]; });
+        Stmt st(impl_->db, sql::select_features_in_range, op);
+        st.bind(1, digest).bind(2, *lo).bind(3, *hi);
+        std::size_t k = 0;
+        while (st.step()) {
+            const std::int64_t id = st.int64(0);
+            for (; k < order.size() && ids[order[k]] < id; ++k) missing.push_back(order[k]);
+            for (; k < order.size() && ids[order[k]] == id; ++k) put_row(order[k], id, st.blob(1));
+        }
+        for (; k < order.size(); ++k) missing.push_back(order[k]);
+    } else {
+        // Sparse request: one index seek per id.
+        Stmt st(impl_->db, sql::select_feature, op);
+        st.bind(1, digest);
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            st.bind(2, ids[i]);
+            if (st.step())
+                put_row(i, ids[i], st.blob(0));
+            else
+                missing.push_back(i);
+            st.reset();
+        }
+    }
+    if (!missing.empty()) {
+        std::sort(missing.begin(), missing.end());  // report in request order
+        std::vector<std::int64_t> missing_ids;
+        for (std::size_t i : missing) missing_ids.push_back(ids[i]);
+        throw InvalidArgument(fmt::format("[{}] no '{}' features for {} of {} samples: {}", op,
+                                          digest, missing.size(), ids.size(),
+                                          id_list(missing_ids)));
+    }
+    return out;
+}
+
+std::vector<std::int64_t> SampleStore::ids_missing_features(std::string_view digest,
+                                                            std::size_t limit) const {
+    constexpr std::string_view op = "sample_store.ids_missing_features";
+    check_digest(digest, op);
+    Stmt st(impl_->db, sql::select_ids_missing_features, op);
+    st.bind(1, digest).bind(2, sql_limit(limit));
+    return collect_ids(st);
+}
+
+std::int64_t SampleStore::drop_features(std::string_view digest) {
+    constexpr std::string_view op = "sample_store.drop_features";
+    check_digest(digest, op);
+    Stmt(impl_->db, sql::delete_features_of_digest, op).bind(1, digest).run();
+    return impl_->db.changes();
+}
+
+// --- checkpoints, meta, runs -------------------------------------------------------------------
+
+std::int64_t SampleStore::save_checkpoint(const CheckpointInfo& info,
+                                          std::span<const std::uint8_t> payload) {
+    constexpr std::string_view op = "sample_store.save_checkpoint";
+    check_size(payload.size(), impl_->options, op, "payload");
+    check_size(info.metrics.size(), impl_->options, op, "metrics");
+    if (info.backbone_digest.size() > max_digest_bytes)
+        throw InvalidArgument(fmt::format("[{}] backbone_digest is {} bytes; the limit is {}", op,
+                                          info.backbone_digest.size(), max_digest_bytes));
+    Stmt(impl_->db, sql::insert_checkpoint, op)
+        .bind(1, now_ms())
+        .bind(2, kind_name(info.kind))
+        .bind(3, info.step)
+        .bind(4, std::string_view(info.backbone_digest))
+        .bind(5, std::string_view(info.metrics))
+        .bind_blob(6, payload)
+        .run();
+    return impl_->db.last_insert_id();
+}
+
+std::optional<StoredCheckpoint> SampleStore::latest_checkpoint(CheckpointKind kind) const {
+    Stmt st(impl_->db, sql::select_latest_checkpoint, "sample_store.latest_checkpoint");
+    st.bind(1, kind_name(kind));
+    return read_checkpoint(st);
+}
+
+std::optional<StoredCheckpoint> SampleStore::get_checkpoint(std::int64_t id) const {
+    Stmt st(impl_->db, sql::select_checkpoint, "sample_store.get_checkpoint");
+    st.bind(1, id);
+    return read_checkpoint(st);
+}
+
+std::vector<CheckpointInfo> SampleStore::list_checkpoints() const {
+    Stmt st(impl_->db, sql::list_checkpoints, "sample_store.list_checkpoints");
+    std::vector<CheckpointInfo> out;
+    while (st.step()) out.push_back(read_checkpoint_info(st));
+    return out;
+}
+
+std::int64_t SampleStore::prune_checkpoints(std::size_t keep_last) {
+    Stmt(impl_->db, sql::prune_checkpoints, "sample_store.prune_checkpoints")
+        .bind(1, sql_limit(keep_last))
+        .run();
+    return impl_->db.changes();
+}
+
+std::optional<std::string> SampleStore::get_meta(std::string_view key) const {
+    return meta_value(impl_->db, key, "sample_store.get_meta");
+}
+
+void SampleStore::set_meta(std::string_view key, std::string_view value) {
+    constexpr std::string_view op = "sample_store.set_meta";
+    if (key.empty()) throw InvalidArgument(fmt::format("[{}] key is empty", op));
+    if (key.starts_with(reserved_prefix))
+        throw InvalidArgument(
+            fmt::format("[{}] key '{}' is reserved (prefix '{}')", op, key, reserved_prefix));
+    check_size(key.size(), impl_->options, op, "key");
+    check_size(value.size(), impl_->options, op, "value");
+    put_meta(impl_->db, key, value, op);
+}
+
+std::int64_t SampleStore::append_run(std::string_view report) {
+    constexpr std::string_view op = "sample_store.append_run";
+    check_size(report.size(), impl_->options, op, "report");
+    Stmt(impl_->db, sql::insert_run, op).bind(1, now_ms()).bind(2, report).run();
+    return impl_->db.last_insert_id();
+}
+
+std::vector<RunRecord> SampleStore::list_runs(std::size_t last) const {
+    Stmt st(impl_->db, sql::select_last_runs, "sample_store.list_runs");
+    st.bind(1, sql_limit(last));
+    std::vector<RunRecord> out;
+    while (st.step()) out.push_back({st.int64(0), st.int64(1), st.text(2)});
+    return out;
+}
+
+// --- maintenance -------------------------------------------------------------------------------
+
+std::string SampleStore::integrity_check() const {
+    constexpr std::string_view op = "sample_store.integrity_check";
+    ReadGuard snapshot(impl_->db, op);
+    std::string report;
+    {
+        Stmt st(impl_->db, sql::integrity_check, op);
+        while (st.step()) report += (report.empty() ? "" : "\n") + st.text(0);
+    }
+    if (report != "ok") return report;
+    Stmt fk(impl_->db, sql::foreign_key_check, op);  // table, rowid, parent, fkid
+    report.clear();
+    while (fk.step())
+        report += fmt::format("{}foreign key violation: {} row {} -> {}",
+                              report.empty() ? "" : "\n", fk.text(0), fk.int64(1), fk.text(2));
+    return report.empty() ? "ok" : report;
+}
+
+Transaction SampleStore::transaction() {
+    const int level = impl_->db.begin("sample_store.transaction");
+    return Transaction(&impl_->db, level);
+}
+
+Transaction::Transaction(Transaction&& other) noexcept
+    : db_(std::exchange(other.db_, nullptr)), level_(other.level_) {}
+
+Transaction::~Transaction() {
+    if (!db_) return;
+    while (db_->depth() >= level_) db_->rollback();
+}
+
+void Transaction::commit() {
+    constexpr std::string_view op = "transaction.commit";
+    if (!db_) throw InvalidArgument(fmt::format("[{}] already committed", op));
+    if (db_->depth() != level_)
+        throw InvalidArgument(
+            fmt::format("[{}] an inner transaction is still open (depth {}, "
+                        "this one is {})",
+                        op, db_->depth(), level_));
+    db_->commit(op);
+    db_ = nullptr;
+}
+
+}  // namespace edgetune
