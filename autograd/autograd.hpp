@@ -132,9 +132,9 @@ Var softmax(const Var& logits);
 
 // Losses return [1 x 1].
 struct CrossEntropyOptions {
-    float label_smoothing = 0.0f;       // in [0, 1)
-    std::vector<float> class_weights;   // empty, or one weight >= 0 per class
-    std::vector<float> sample_weights;  // empty, or one weight >= 0 per row
+    float label_smoothing = 0.0f;         // in [0, 1)
+    std::vector<float> class_weights{};   // empty, or one weight >= 0 per class
+    std::vector<float> sample_weights{};  // empty, or one weight >= 0 per row
 };
 // Mean cross-entropy of logits [n x C] against labels (n ints in [0, C)). Fused with
 // log_softmax (stable for large logits). With class weights the mean is weighted as in

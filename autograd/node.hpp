@@ -19,6 +19,7 @@ namespace edgetune {
 class Node {
 public:
     Node() = default;
+    ~Node();
     Node(const Node&) = delete;
     Node& operator=(const Node&) = delete;
 

@@ -20,6 +20,20 @@ Node& checked(const std::shared_ptr<Node>& node, const char* what) {
 }
 }  // namespace
 
+// NOTE: the default destructor would free a chain of N ops by N nested calls and overflow
+// the stack on deep graphs; inputs owned only by this node are unlinked iteratively instead.
+Node::~Node() {
+    std::vector<std::shared_ptr<Node>> pending = std::move(inputs);
+    while (!pending.empty()) {
+        std::shared_ptr<Node> node = std::move(pending.back());
+        pending.pop_back();
+        if (node.use_count() == 1) {
+            for (auto& in : node->inputs) pending.push_back(std::move(in));
+            node->inputs.clear();
+        }
+    }
+}
+
 Var::Var(Matrix value, bool requires_grad) : node_(std::make_shared<Node>()) {
     node_->value = std::move(value);
     node_->requires_grad = requires_grad;
