@@ -1,0 +1,179 @@
+#!/bin/sh
+# cli_test.sh — end-to-end tests of the `edgetune` CLI: one scenario per run, in a fresh
+# temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
+# bad input gives exactly one line on stderr.
+# Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
+#        forget_export)
+set -u
+# meson passes the executables relative to the build directory: make them absolute first.
+absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
+scenario=$1
+E=$(absolute "$2")
+fixture=$(absolute "$3")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work" || exit 1
+"$fixture" . || { echo "FAIL: cli_fixture" >&2; exit 1; }
+
+failures=0
+fail() {
+    echo "FAIL [$scenario]: $*" >&2
+    failures=$((failures + 1))
+}
+# run STATUS COMMAND...: runs it (stdout -> out.txt, stderr -> err.txt), checks the status.
+run() {
+    expected=$1
+    shift
+    "$@" >out.txt 2>err.txt
+    status=$?
+    if [ "$status" -ne "$expected" ]; then
+        fail "'$*' exited $status, expected $expected"
+        sed 's/^/  stdout: /' out.txt >&2
+        sed 's/^/  stderr: /' err.txt >&2
+    fi
+}
+expect_out() {
+    grep -qF -- "$1" out.txt || { fail "stdout lacks '$1'"; sed 's/^/  stdout: /' out.txt >&2; }
+}
+# The whole of stderr is exactly this one line.
+expect_error() {
+    printf '%s\n' "$1" | cmp -s - err.txt || { fail "stderr is not '$1'"; sed 's/^/  stderr: /' err.txt >&2; }
+}
+# stderr is one line starting with this prefix.
+expect_error_prefix() {
+    [ "$(wc -l <err.txt)" -eq 1 ] && grep -qF -- "$1" err.txt ||
+        { fail "stderr is not one line starting '$1'"; sed 's/^/  stderr: /' err.txt >&2; }
+}
+
+DB="--db user.db --backbone backbone.etb --classes 3"
+
+case "$scenario" in
+help)
+    run 0 "$E" --help
+    expect_out "usage: edgetune COMMAND --db FILE --backbone FILE --classes N"
+    for c in info add train predict forget export; do
+        run 0 "$E" "$c" --help
+        expect_out "usage: edgetune $c --db FILE"
+    done
+    run 0 "$E" help train
+    expect_out "--replay POLICY"
+    run 2 "$E"
+    run 2 "$E" frobnicate
+    expect_error "edgetune: unknown command 'frobnicate' (see edgetune --help)"
+    run 2 "$E" train $DB --epochz 3
+    expect_error "edgetune: train: unknown option '--epochz' (see edgetune train --help)"
+    run 2 "$E" info $DB stray
+    expect_error "edgetune: info: unexpected argument 'stray' (see edgetune info --help)"
+    ;;
+workflow)
+    run 0 "$E" add $DB --csv train.csv
+    expect_out "added 120 samples (ids 1-120); user.db holds 120"
+    run 0 "$E" info $DB
+    expect_out "samples      120"
+    expect_out "0: 40"
+    expect_out "checkpoints  1"
+    run 0 "$E" train $DB --epochs 30 --lr 0.05 --seed 1
+    expect_out "outcome     committed"
+    grep -q "^epoch 30/30" err.txt || fail "no progress line for epoch 30 on stderr"
+    run 0 "$E" predict $DB --csv test.csv --labelled
+    accuracy=$(sed -n 's/^top-1 accuracy \([0-9]*\)\..*/\1/p' out.txt)
+    [ "${accuracy:-0}" -ge 90 ] || fail "predict accuracy ${accuracy:-?}% < 90%"
+    run 0 "$E" predict $DB --csv rows.csv --k 2
+    [ "$(grep -c '^line [0-9]*: [0-2] ([0-9.]*%), [0-2] ([0-9.]*%)$' out.txt)" -eq 6 ] ||
+        fail "predict --k 2 did not print 6 rows of 2 labels"
+    run 0 "$E" add $DB --csv more.csv
+    expect_out "added 30 samples (ids 121-150); user.db holds 150"
+    run 0 "$E" train $DB --epochs 10 --optimizer sgd --lr 0.1 --replay reservoir:20 --json --quiet
+    expect_out '"outcome":"committed"'
+    [ -s err.txt ] && fail "--quiet still wrote to stderr"
+    run 0 "$E" train $DB --max-steps 3 --replay balanced:5 --quiet
+    expect_out "max_steps reached"
+    expect_out "steps       3 in"
+    printf '0,2,0,0,0\n' >one.csv
+    run 0 sh -c "\"$E\" add $DB --csv - <one.csv"
+    expect_out "added 1 sample (ids 151-151)"
+    run 0 "$E" info $DB --runs 2
+    expect_out "runs         last 2 of the training log"
+    expect_out "committed, 3 steps"
+    ;;
+errors)
+    run 1 "$E" add $DB --csv bad_width.csv
+    expect_error "edgetune: add: line 3: expected 5 values, got 3"
+    [ -e user.db ] && fail "a rejected add created the database"
+    run 1 "$E" add $DB --csv bad_label.csv
+    expect_error "edgetune: add: line 2: label 7 out of range for 3 classes"
+    run 1 "$E" add $DB --csv bad_number.csv
+    expect_error "edgetune: add: line 1: value 1 'abc' is not a number"
+    run 1 "$E" add $DB --csv nan.csv
+    expect_error "edgetune: add: line 3: value 3 is nan (not finite)"
+    run 1 "$E" add $DB --csv missing.csv
+    expect_error "edgetune: add: cannot read 'missing.csv'"
+    run 1 "$E" train $DB
+    expect_error "edgetune: train: database 'user.db' does not exist (\`edgetune add\` creates it)"
+    run 2 "$E" train --db user.db --backbone backbone.etb
+    expect_error "edgetune: train: missing option --classes (see edgetune train --help)"
+    run 2 "$E" train $DB --replay reservoir
+    expect_error "edgetune: train: --replay reservoir:N needs a sample count N > 0, got 'reservoir' (see edgetune train --help)"
+    run 2 "$E" train $DB --epochs abc
+    expect_error "edgetune: train: --epochs: expected an integer, got 'abc' (see edgetune train --help)"
+    run 2 "$E" train $DB --optimizer rmsprop
+    expect_error "edgetune: train: --optimizer: expected adam or sgd, got 'rmsprop' (see edgetune train --help)"
+    run 1 "$E" add --db user.db --backbone missing.etb --classes 3 --csv train.csv
+    expect_error "edgetune: add: backbone 'missing.etb' does not exist"
+    run 1 "$E" add --db user.db --backbone corrupt.etb --classes 3 --csv train.csv
+    expect_error_prefix "edgetune: add: "
+    run 0 "$E" add $DB --csv train.csv
+    run 1 "$E" add --db user.db --backbone backbone.etb --classes 4 --csv train.csv
+    expect_error_prefix "edgetune: add: "
+    run 0 "$E" info $DB
+    expect_out "samples      120"
+    printf '1,2,3\n' >short.csv
+    run 1 "$E" predict $DB --csv short.csv
+    expect_error "edgetune: predict: line 1: expected 4 values, got 3"
+    run 1 "$E" export $DB --out no/such/dir/head.ckpt
+    expect_error_prefix "edgetune: export: "
+    ;;
+idx)
+    run 0 "$E" add $DB --idx-images images.idx.gz --idx-labels labels.idx --limit 45
+    expect_out "added 45 samples (ids 1-45); user.db holds 45"
+    run 1 "$E" add $DB --idx-images images.idx.gz --idx-labels labels_short.idx
+    expect_error "edgetune: add: 'images.idx.gz' has 60 images but 'labels_short.idx' has 59 labels"
+    run 1 "$E" add $DB --idx-images labels.idx --idx-labels labels.idx
+    expect_error "edgetune: add: 'labels.idx' is not an IDX image file (magic 0x00000801)"
+    run 2 "$E" add $DB --idx-images images.idx.gz
+    expect_error_prefix "edgetune: add: give --csv FILE"
+    run 2 "$E" add $DB --csv train.csv --limit 3
+    expect_error "edgetune: add: --limit applies to IDX input only (see edgetune add --help)"
+    run 0 "$E" train $DB --epochs 40 --lr 0.05 --quiet
+    expect_out "outcome     committed"
+    ;;
+forget_export)
+    run 0 "$E" add $DB --csv train.csv
+    run 0 "$E" train $DB --epochs 20 --quiet
+    run 0 "$E" forget $DB --ids 1-5,7 --epochs 10 --quiet
+    expect_out "forgot 6 samples; user.db holds 114"
+    expect_out "retrained from the base head"
+    run 1 "$E" forget $DB 7 200
+    expect_error "edgetune: forget: 2 of the ids are not stored: 7, 200 (nothing deleted)"
+    run 2 "$E" forget $DB
+    expect_error "edgetune: forget: no sample ids given (--ids 3,7,10-12 or ids as arguments) (see edgetune forget --help)"
+    run 2 "$E" forget $DB --ids 9-3
+    expect_error "edgetune: forget: bad sample id '9-3' (expected N or N-M, ids > 0) (see edgetune forget --help)"
+    run 0 "$E" info $DB
+    expect_out "samples      114"
+    run 0 "$E" export $DB --out head.ckpt
+    expect_out "wrote head.ckpt"
+    expect_out "[16 x 3]"
+    [ -s head.ckpt ] || fail "export wrote no file"
+    ;;
+*)
+    echo "cli_test.sh: unknown scenario '$scenario'" >&2
+    exit 2
+    ;;
+esac
+
+if [ "$failures" -ne 0 ]; then
+    echo "cli_test.sh $scenario: $failures check(s) failed" >&2
+    exit 1
+fi
+echo "cli_test.sh $scenario: ok"

@@ -1,0 +1,117 @@
+// make_fixture.cpp — writes the small, deterministic inputs the `edgetune` CLI tests run on.
+//
+// Into DIR: backbone.etb (a random tanh MLP 4 -> 16, enough for three well-separated
+// clusters), corrupt.etb (random bytes), CSV files of 4-D samples from 3 Gaussian clusters
+// (train, more, test; rows.csv without labels; bad_*.csv with one malformed line each) and
+// IDX files of 2x2 images of the same 3 classes (images.idx.gz, labels.idx, labels_short.idx).
+// Usage: cli_fixture DIR
+#include <zlib.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "personalize.hpp"
+
+using namespace edgetune;
+
+namespace {
+
+constexpr int dim = 4;
+constexpr int classes = 3;
+
+// A sample of class c: a unit bump of height 2 on coordinate c, plus N(0, 0.3) noise.
+std::vector<float> point(int c, Rng& rng) {
+    std::vector<float> x(dim);
+    for (int k = 0; k < dim; ++k)
+        x[static_cast<std::size_t>(k)] = (k == c ? 2.0f : 0.0f) + 0.3f * rng.normal();
+    return x;
+}
+
+void write_csv(const std::string& path, int per_class, bool labelled, Rng& rng) {
+    std::ofstream out(path);
+    out << "# " << (labelled ? "label," : "") << "x1,x2,x3,x4\n";
+    for (int i = 0; i < per_class; ++i)
+        for (int c = 0; c < classes; ++c) {
+            if (labelled) out << c << ",";
+            const std::vector<float> x = point(c, rng);
+            for (int k = 0; k < dim; ++k) out << (k ? "," : "") << x[static_cast<std::size_t>(k)];
+            out << "\n";
+        }
+}
+
+void write_text(const std::string& path, const std::string& text) {
+    std::ofstream(path) << text;
+}
+
+void put_u32(std::vector<unsigned char>& out, std::uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+        out.push_back(static_cast<unsigned char>(v >> shift));
+}
+
+void write_bytes(const std::string& path, const std::vector<unsigned char>& bytes) {
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: cli_fixture DIR\n");
+        return 2;
+    }
+    const std::string dir = argv[1];
+    Rng rng(5);
+
+    BackboneConfig config{.input = InputSpec::float_vector(dim),
+                          .vocab = 0,
+                          .embed_dim = 0,
+                          .hidden = {16},
+                          .activation = Activation::tanh};
+    BackboneNet net(config, rng);
+    Backbone::freeze(net)->save(dir + "/backbone.etb");
+    std::vector<unsigned char> junk(200);
+    for (auto& b : junk) b = static_cast<unsigned char>(rng.below(256));
+    write_bytes(dir + "/corrupt.etb", junk);
+
+    write_csv(dir + "/train.csv", 40, true, rng);
+    write_csv(dir + "/more.csv", 10, true, rng);
+    write_csv(dir + "/test.csv", 20, true, rng);
+    write_csv(dir + "/rows.csv", 2, false, rng);
+    write_text(dir + "/bad_width.csv", "0,2,0,0,0\n1,0,2,0,0\n1,0.5,0.25\n");
+    write_text(dir + "/bad_label.csv", "0,2,0,0,0\n7,0,2,0,0\n");
+    write_text(dir + "/bad_number.csv", "0,abc,0,0,0\n");
+    write_text(dir + "/nan.csv", "0,2,0,0,0\n\n2,0,0,nan,0\n");
+
+    // IDX: 60 images of 2x2 u8 pixels; class c lights pixel c.
+    constexpr std::uint32_t n = 60;
+    std::vector<unsigned char> images, labels, labels_short;
+    put_u32(images, 0x803);
+    put_u32(images, n);
+    put_u32(images, 2);
+    put_u32(images, 2);
+    put_u32(labels, 0x801);
+    put_u32(labels, n);
+    put_u32(labels_short, 0x801);
+    put_u32(labels_short, n - 1);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        const int c = static_cast<int>(i % classes);
+        for (int k = 0; k < dim; ++k)
+            images.push_back(
+                static_cast<unsigned char>((k == c ? 200 : 30) + static_cast<int>(rng.below(40))));
+        labels.push_back(static_cast<unsigned char>(c));
+        if (i + 1 < n) labels_short.push_back(static_cast<unsigned char>(c));
+    }
+    gzFile gz = gzopen((dir + "/images.idx.gz").c_str(), "wb");
+    if (gz == nullptr || gzwrite(gz, images.data(), static_cast<unsigned>(images.size())) <= 0) {
+        std::fprintf(stderr, "cli_fixture: cannot write %s/images.idx.gz\n", dir.c_str());
+        return 1;
+    }
+    gzclose(gz);
+    write_bytes(dir + "/labels.idx", labels);
+    write_bytes(dir + "/labels_short.idx", labels_short);
+    return 0;
+}
