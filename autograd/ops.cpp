@@ -446,20 +446,35 @@ float weighted_nll(const ClassCoefficients& k, const IdList& labels, const Matri
 Var cross_entropy(const Var& logits, const IdList& labels, const CrossEntropyOptions& opts) {
     const Matrix& z = logits.value();
     ClassCoefficients k = class_coefficients("cross_entropy", z.rows(), z.cols(), labels, opts);
-    Matrix lp = row_log_softmax(z);
-    const float loss = weighted_nll(k, labels, lp);
-    lp = lp.array().exp().matrix();  // now P = softmax(z); kept for backward
-    return make_op(Matrix::Constant(1, 1, loss), {&logits},
-                   [p = std::move(lp), k = std::move(k), labels](Node& self) {
+    // NOTE: exp over the whole matrix in one coefficient-wise assignment (vectorized); a
+    // rowwise().sum() of an exp expression on a row-major matrix runs a scalar expf per element.
+    const Eigen::VectorXf m = z.rowwise().maxCoeff();
+    const Matrix shifted = z.colwise() - m;     // z - max, [n x C]
+    Matrix p = shifted.array().exp().matrix();  // unnormalized softmax, [n x C]
+    const Eigen::VectorXf log_sum = p.rowwise().sum().array().log().matrix();
+    // loss = -sum_i alpha_i LP[i, y_i] + beta_i sum_c w_c LP[i, c], LP = shifted - log_sum.
+    const float wsum = k.w.sum();
+    double loss = 0.0;
+    for (Index i = 0; i < z.rows(); ++i) {
+        const float y_lp = shifted(i, labels[static_cast<std::size_t>(i)]) - log_sum[i];
+        loss -= static_cast<double>(k.alpha[i]) * y_lp;
+        if (k.beta[i] != 0.0f)
+            loss -= static_cast<double>(k.beta[i]) * (shifted.row(i).dot(k.w) - wsum * log_sum[i]);
+    }
+    p.array().colwise() *= (-log_sum).array().exp();  // now P = softmax(z); kept for backward
+    return make_op(Matrix::Constant(1, 1, static_cast<float>(loss)), {&logits},
+                   [p = std::move(p), k = std::move(k), labels](Node& self) {
+                       Node& in = in0(self);
+                       if (!in.requires_grad) return;
                        const float g = self.grad(0, 0);
-                       const float wsum = k.w.sum();
-                       Matrix d(p.rows(), p.cols());
+                       // d/dz[i,c] = g * (P[i,c] * (alpha_i + beta_i sum w) - a[i,c])
+                       const Eigen::VectorXf total =
+                           g * (k.alpha + k.beta * k.w.sum()).array().matrix();
+                       accumulate_grad(in, (p.array().colwise() * total.array()).matrix());
                        for (Index i = 0; i < p.rows(); ++i) {
-                           const float total = k.alpha[i] + k.beta[i] * wsum;
-                           d.row(i) = p.row(i) * total - k.beta[i] * k.w;
-                           d(i, labels[static_cast<std::size_t>(i)]) -= k.alpha[i];
+                           in.grad(i, labels[static_cast<std::size_t>(i)]) -= g * k.alpha[i];
+                           if (k.beta[i] != 0.0f) in.grad.row(i) -= (g * k.beta[i]) * k.w;
                        }
-                       accumulate_grad(in0(self), d * g);
                    });
 }
 
