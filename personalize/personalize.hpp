@@ -39,11 +39,14 @@ namespace edgetune {
 // [n x L] are embedded ([vocab x embed_dim] table) and flattened to [n x L*embed_dim] first.
 // hidden lists the MLP's layer widths after the input; its last entry is the feature width.
 // Every layer is followed by the activation (features are post-activation).
+// NOTE: every member has a default member initializer so designated initializers may omit
+// any of them under -Wextra (-Wmissing-field-initializers); the same holds for the option
+// structs below.
 struct BackboneConfig {
-    InputSpec input;
+    InputSpec input{};
     std::int64_t vocab = 0;      // token inputs only
     std::int64_t embed_dim = 0;  // token inputs only
-    std::vector<Index> hidden;
+    std::vector<Index> hidden{};
     Activation activation = Activation::relu;
 };
 
@@ -75,7 +78,8 @@ public:
     void save(const std::string& path) const;
 
     // floats [n x D] -> [n x F]. Throws InvalidArgument for a token backbone, a wrong width,
-    // or NaN/Inf (naming the row and column).
+    // or NaN/Inf (naming the row and column). Rows are computed one at a time: a sample's
+    // features are the same bits whatever batch it comes in.
     Matrix features(const Matrix& inputs) const;
     // tokens [n*L] -> [n x F]. Throws InvalidArgument for ids outside [0, vocab).
     Matrix features(const IdList& tokens) const;
@@ -101,15 +105,17 @@ private:
 struct HeadSpec {
     enum class Kind { linear, mlp, prototype, regression };
     Kind kind = Kind::linear;
-    std::int64_t outputs = 0;   // classes, or regression target width
-    std::vector<Index> hidden;  // mlp only
+    std::int64_t outputs = 0;     // classes, or regression target width
+    std::vector<Index> hidden{};  // mlp only
     // prototype only: logits = (2 mu_c . f - |mu_c|^2) / temperature on L2-normalized features
     // reproduce nearest-class-mean at step 0; a class gets its prototype the first time it is
     // trained on. Too small a temperature fine-tunes badly.
     float temperature = 0.1f;
     bool normalize = false;  // L2-normalize features before the head (prototype: true)
 
-    static HeadSpec linear(std::int64_t classes) { return {Kind::linear, classes, {}, 0.1f, false}; }
+    static HeadSpec linear(std::int64_t classes) {
+        return {Kind::linear, classes, {}, 0.1f, false};
+    }
     static HeadSpec mlp(std::vector<Index> hidden, std::int64_t classes) {
         return {Kind::mlp, classes, std::move(hidden), 0.1f, false};
     }
@@ -131,13 +137,18 @@ struct Replay {
         all,             // everything stored (except the validation split)
         reservoir,       // new since the last committed training + `size` uniformly drawn older
         class_balanced,  // new + up to `size` older samples per class
+        none,            // only what is new since the last committed training (no replay:
+                         // old classes are forgotten within an update; examples/replay)
     };
     Kind kind = Kind::all;
     std::int64_t size = 0;
 
     static Replay all() { return {}; }
     static Replay reservoir(std::int64_t size) { return {Kind::reservoir, size}; }
-    static Replay class_balanced(std::int64_t per_class) { return {Kind::class_balanced, per_class}; }
+    static Replay class_balanced(std::int64_t per_class) {
+        return {Kind::class_balanced, per_class};
+    }
+    static Replay none() { return {Kind::none, 0}; }
 };
 
 struct Progress {
@@ -162,16 +173,21 @@ struct TrainOptions {
     // handful of new shots count next to many stored old samples.
     bool balance_classes = false;
     float label_smoothing = 0.0f;
-    // The new head is kept only if validation accuracy (loss, for regression) is not worse
-    // than the current head's by more than this; NaN/Inf losses always roll back.
+    // Validation guard. Classification: the new head is rolled back if its class-balanced
+    // validation accuracy is lower than the current head's by more than this AND its
+    // validation loss is not lower. Regression: if its validation loss is higher by more than
+    // this fraction. NaN/Inf losses always roll back.
     float tolerance = 0.02f;
-    std::function<void(const Progress&)> on_progress;  // called after every step
-    const std::atomic<bool>* stop = nullptr;           // set to true to cancel between steps
+    std::function<void(const Progress&)> on_progress{};  // called after every step
+    const std::atomic<bool>* stop = nullptr;             // set to true to cancel between steps
 };
 
 struct Metrics {
     double loss = 0.0;
     double accuracy = 0.0;  // classification only, in [0, 1]
+    // Classification only: the mean over the classes present of each class's accuracy (recall).
+    // Unlike `accuracy`, a class with a handful of samples counts as much as a large one.
+    double balanced_accuracy = 0.0;
     std::int64_t samples = 0;
 };
 
@@ -183,7 +199,7 @@ struct TrainReport {
     int epochs = 0;
     std::int64_t train_samples = 0;
     std::int64_t validation_samples = 0;
-    std::vector<float> loss_curve;  // mean loss per epoch
+    std::vector<float> loss_curve;         // mean loss per epoch
     std::optional<Metrics> before, after;  // on the validation split
     std::chrono::milliseconds duration{0};
     bool retrained_from_base = false;  // forget() / backbone upgrade
@@ -196,12 +212,12 @@ struct Prediction {
 };
 
 struct PersonalizerOptions {
-    std::shared_ptr<const Backbone> backbone;
-    HeadSpec head;
+    std::shared_ptr<const Backbone> backbone{};
+    HeadSpec head{};
     Retention retention = Retention::unlimited();
     Durability durability = Durability::normal;
-    std::uint64_t seed = 0;              // head initialization and the validation split
-    float validation_fraction = 0.2f;    // of each class; classes with < 5 samples keep all
+    std::uint64_t seed = 0;            // head initialization and the validation split
+    float validation_fraction = 0.2f;  // of each class; classes with < 5 samples keep all
 };
 
 class BackgroundTraining;
@@ -252,6 +268,7 @@ private:
 };
 
 // A training run on a worker thread. Destroying it cancels and joins.
+// NOTE: it must not outlive the Personalizer that started it (the worker uses it).
 class BackgroundTraining {
 public:
     ~BackgroundTraining();

@@ -1,0 +1,320 @@
+// backbone.cpp — the frozen feature extractor: architecture, file format, digest, features().
+//
+// A backbone file is encode_checkpoint() of a Checkpoint with kind "backbone", the
+// architecture in attrs and the weights in tensors (FORMAT.md describes the envelope).
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "personalize.hpp"
+
+namespace edgetune {
+
+namespace {
+
+constexpr std::size_t max_backbone_bytes = std::size_t{1} << 30;
+
+[[noreturn]] void fail(const std::string& message) {
+    throw InvalidArgument("[Backbone] " + message);
+}
+[[noreturn]] void corrupt(const std::string& message) {
+    throw CorruptData("[Backbone.load] " + message);
+}
+
+std::string fnv1a64_hex(std::span<const std::uint8_t> bytes) {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (std::uint8_t b : bytes) {
+        h ^= b;
+        h *= 0x100000001b3ULL;
+    }
+    char out[17];
+    std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(h));
+    return out;
+}
+
+const char* activation_name(Activation a) {
+    switch (a) {
+        case Activation::relu:
+            return "relu";
+        case Activation::leaky_relu:
+            return "leaky_relu";
+        case Activation::tanh:
+            return "tanh";
+        case Activation::sigmoid:
+            return "sigmoid";
+        case Activation::gelu:
+            return "gelu";
+    }
+    return "relu";
+}
+
+Activation parse_activation(const std::string& s) {
+    for (Activation a : {Activation::relu, Activation::leaky_relu, Activation::tanh,
+                         Activation::sigmoid, Activation::gelu})
+        if (s == activation_name(a)) return a;
+    corrupt("unknown activation '" + s + "'");
+}
+
+std::int64_t parse_int(const std::string& s, const char* what) {
+    try {
+        std::size_t used = 0;
+        const long long v = std::stoll(s, &used);
+        if (used != s.size() || v < 0 || v > (std::int64_t{1} << 31)) throw std::out_of_range(s);
+        return v;
+    } catch (const std::exception&) {
+        corrupt(std::string("bad ") + what + " '" + s + "'");
+    }
+}
+
+void validate_config(const BackboneConfig& c) {
+    if (c.input.size <= 0) fail("input size must be > 0");
+    if (c.hidden.empty()) fail("needs at least one hidden layer (the feature width)");
+    for (Index h : c.hidden)
+        if (h <= 0) fail("hidden widths must be > 0");
+    if (c.input.kind == InputSpec::Kind::token_sequence && (c.vocab <= 0 || c.embed_dim <= 0))
+        fail("token inputs need vocab > 0 and embed_dim > 0");
+}
+
+std::vector<std::pair<std::string, std::string>> config_attrs(const BackboneConfig& c) {
+    std::string hidden;
+    for (Index h : c.hidden) hidden += (hidden.empty() ? "" : ",") + std::to_string(h);
+    return {
+        {"input_kind", c.input.kind == InputSpec::Kind::float_vector ? "float" : "tokens"},
+        {"input_size", std::to_string(c.input.size)},
+        {"vocab", std::to_string(c.vocab)},
+        {"embed_dim", std::to_string(c.embed_dim)},
+        {"hidden", hidden},
+        {"activation", activation_name(c.activation)},
+    };
+}
+
+BackboneConfig config_from_attrs(const std::vector<std::pair<std::string, std::string>>& attrs) {
+    auto get = [&](const char* key) -> const std::string& {
+        for (const auto& [k, v] : attrs)
+            if (k == key) return v;
+        corrupt(std::string("missing attribute '") + key + "'");
+    };
+    BackboneConfig c;
+    const std::string& kind = get("input_kind");
+    if (kind != "float" && kind != "tokens") corrupt("unknown input kind '" + kind + "'");
+    c.input.kind =
+        kind == "float" ? InputSpec::Kind::float_vector : InputSpec::Kind::token_sequence;
+    c.input.size = parse_int(get("input_size"), "input_size");
+    c.vocab = parse_int(get("vocab"), "vocab");
+    c.embed_dim = parse_int(get("embed_dim"), "embed_dim");
+    const std::string& hidden = get("hidden");
+    std::size_t start = 0;
+    while (start <= hidden.size()) {
+        const std::size_t comma = std::min(hidden.find(',', start), hidden.size());
+        c.hidden.push_back(parse_int(hidden.substr(start, comma - start), "hidden width"));
+        start = comma + 1;
+    }
+    c.activation = parse_activation(get("activation"));
+    try {
+        validate_config(c);
+    } catch (const InvalidArgument& e) {
+        corrupt(e.what());
+    }
+    return c;
+}
+
+// Number of floats the architecture's parameters hold, saturating at INT64_MAX (hostile
+// attributes may declare absurd widths).
+std::int64_t parameter_count(const BackboneConfig& c) {
+    constexpr std::int64_t top = INT64_MAX;
+    auto mul = [](std::int64_t a, std::int64_t b) { return (a != 0 && b > top / a) ? top : a * b; };
+    auto add = [](std::int64_t a, std::int64_t b) { return a > top - b ? top : a + b; };
+    std::int64_t total = 0;
+    std::int64_t in = c.input.size;
+    if (c.input.kind == InputSpec::Kind::token_sequence) {
+        total = mul(c.vocab, c.embed_dim);
+        in = mul(c.input.size, c.embed_dim);
+    }
+    for (Index out : c.hidden) {
+        total = add(total, add(mul(in, out), out));  // weight [in x out] + bias [1 x out]
+        in = out;
+    }
+    return total;
+}
+
+}  // namespace
+
+// ---- BackboneNet -----------------------------------------------------------------------
+
+BackboneNet::BackboneNet(const BackboneConfig& config, Rng& rng) : config_(config) {
+    validate_config(config);
+    Index in = config.input.size;
+    if (config.input.kind == InputSpec::Kind::token_sequence) {
+        embed_ = std::make_shared<Embedding>(config.vocab, config.embed_dim, rng);
+        register_module("embed", embed_);
+        in = config.input.size * config.embed_dim;
+    }
+    std::vector<Index> sizes{in};
+    sizes.insert(sizes.end(), config.hidden.begin(), config.hidden.end());
+    mlp_ = mlp(sizes, rng, {.activation = config.activation, .final_activation = true});
+    register_module("mlp", mlp_);
+}
+
+Index BackboneNet::feature_dim() const {
+    return config_.hidden.back();
+}
+
+// floats [n x D] -> [n x F]
+Var BackboneNet::forward(const Matrix& inputs) {
+    if (config_.input.kind != InputSpec::Kind::float_vector)
+        fail("this backbone takes token sequences, not float vectors");
+    if (inputs.cols() != config_.input.size)
+        fail("input " + shape_str(inputs) + " does not match input width " +
+             std::to_string(config_.input.size));
+    return mlp_->forward(Var(inputs));
+}
+
+// tokens [n*L] -> [n x F]
+Var BackboneNet::forward(const IdList& tokens) {
+    if (config_.input.kind != InputSpec::Kind::token_sequence)
+        fail("this backbone takes float vectors, not token sequences");
+    const auto len = static_cast<std::size_t>(config_.input.size);
+    if (tokens.empty() || tokens.size() % len != 0)
+        fail(std::to_string(tokens.size()) + " token ids is not a whole number of sequences of " +
+             std::to_string(len));
+    const auto n = static_cast<Index>(tokens.size() / len);
+    Var e = embed_->forward(tokens);  // [n*L x E]
+    return mlp_->forward(reshape(e, n, config_.input.size * config_.embed_dim));
+}
+
+// ---- Backbone --------------------------------------------------------------------------
+
+namespace {
+Checkpoint backbone_checkpoint(const BackboneNet& net) {
+    Checkpoint c;
+    c.kind = "backbone";
+    c.attrs = config_attrs(net.config());
+    for (const auto& [name, p] : net.named_parameters()) c.tensors.emplace_back(name, p.value());
+    return c;
+}
+}  // namespace
+
+Backbone::Backbone(std::unique_ptr<BackboneNet> net) : net_(std::move(net)) {
+    net_->freeze();
+    net_->eval();
+    digest_ = fnv1a64_hex(encode_checkpoint(backbone_checkpoint(*net_)));
+}
+
+std::shared_ptr<const Backbone> Backbone::freeze(const BackboneNet& net) {
+    Rng unused(0);
+    auto copy = std::make_unique<BackboneNet>(net.config(), unused);
+    auto src = net.named_parameters();
+    auto dst = copy->named_parameters();
+    for (std::size_t i = 0; i < src.size(); ++i) dst[i].second.value_mut() = src[i].second.value();
+    return std::make_shared<const Backbone>(std::move(copy));
+}
+
+std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
+    const std::vector<std::uint8_t> bytes = read_file(path, max_backbone_bytes);
+    Checkpoint c = decode_checkpoint(bytes);
+    if (c.kind != "backbone") corrupt("'" + path + "' holds a '" + c.kind + "', not a backbone");
+    const BackboneConfig config = config_from_attrs(c.attrs);
+    // NOTE: the architecture comes from the file: bound it by the weights the file actually
+    // holds before allocating it, so hostile widths cannot request a huge allocation.
+    std::int64_t stored = 0;
+    for (const auto& t : c.tensors) stored += static_cast<std::int64_t>(t.second.size());
+    if (parameter_count(config) != stored)
+        corrupt("'" + path + "' declares an architecture of " +
+                std::to_string(parameter_count(config)) + " weights but holds " +
+                std::to_string(stored));
+    Rng unused(0);
+    auto net = std::make_unique<BackboneNet>(config, unused);
+    auto params = net->named_parameters();
+    if (params.size() != c.tensors.size())
+        corrupt("'" + path + "' has " + std::to_string(c.tensors.size()) + " tensors, the " +
+                "architecture needs " + std::to_string(params.size()));
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const auto& [name, value] = c.tensors[i];
+        Var& p = params[i].second;
+        if (name != params[i].first || value.rows() != p.rows() || value.cols() != p.cols())
+            corrupt("tensor " + std::to_string(i) + " is '" + name + "' " + shape_str(value) +
+                    ", expected '" + params[i].first + "' " + shape_str(p.value()));
+        p.value_mut() = value;
+    }
+    return std::make_shared<const Backbone>(std::move(net));
+}
+
+void Backbone::save(const std::string& path) const {
+    write_file_atomic(path, encode_checkpoint(backbone_checkpoint(*net_)));
+}
+
+Matrix Backbone::features(const Matrix& inputs) const {
+    if (config().input.kind != InputSpec::Kind::float_vector)
+        fail("this backbone takes token sequences, not float vectors");
+    if (inputs.cols() != config().input.size)
+        fail("input " + shape_str(inputs) + " does not match input width " +
+             std::to_string(config().input.size));
+    for (Index i = 0; i < inputs.rows(); ++i)
+        for (Index j = 0; j < inputs.cols(); ++j)
+            if (!std::isfinite(inputs(i, j)))
+                fail("input row " + std::to_string(i) + " column " + std::to_string(j) + " is " +
+                     std::to_string(inputs(i, j)));
+    NoGrad no_grad;
+    if (inputs.rows() <= 1) return net_->forward(inputs).value();
+    // NOTE: one row at a time. A batched product takes Eigen's GEMM path, whose rounding
+    // differs from the single-row path: a sample's features (and so the validation split, the
+    // trained head, exact unlearning and determinism) must not depend on the batch it was
+    // added in, and predict() must see the features training saw.
+    Matrix out(inputs.rows(), feature_dim());
+    for (Index i = 0; i < inputs.rows(); ++i)
+        out.row(i) = net_->forward(Matrix(inputs.row(i))).value();
+    return out;
+}
+
+Matrix Backbone::features(const IdList& tokens) const {
+    NoGrad no_grad;
+    const auto len = static_cast<std::size_t>(config().input.size);
+    if (config().input.kind != InputSpec::Kind::token_sequence || tokens.size() <= len ||
+        tokens.size() % len != 0)
+        return net_->forward(tokens).value();  // one sequence, or the error naming the problem
+    // One sequence at a time, as above.
+    const auto n = static_cast<Index>(tokens.size() / len);
+    Matrix out(n, feature_dim());
+    for (Index i = 0; i < n; ++i) {
+        const auto at =
+            tokens.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(i) * len);
+        out.row(i) = net_->forward(IdList(at, at + static_cast<std::ptrdiff_t>(len))).value();
+    }
+    return out;
+}
+
+Matrix Backbone::features(std::span<const Sample> samples) const {
+    const InputSpec& in = config().input;
+    const auto n = static_cast<Index>(samples.size());
+    if (n == 0) return Matrix(0, feature_dim());
+    const auto width = static_cast<std::size_t>(in.size);
+    if (in.kind == InputSpec::Kind::float_vector) {
+        Matrix x(n, in.size);
+        for (Index i = 0; i < n; ++i) {
+            const Sample& s = samples[static_cast<std::size_t>(i)];
+            if (s.input.empty() && !s.tokens.empty())
+                fail("sample " + std::to_string(i) +
+                     " holds token ids, the backbone takes float vectors");
+            if (s.input.size() != width)
+                fail("sample " + std::to_string(i) + " has " + std::to_string(s.input.size()) +
+                     " input floats, the backbone takes " + std::to_string(width));
+            x.row(i) = Eigen::Map<const Eigen::RowVectorXf>(s.input.data(), in.size);
+        }
+        return features(x);
+    }
+    IdList tokens;
+    tokens.reserve(samples.size() * width);
+    for (std::size_t i = 0; i < samples.size(); ++i) {
+        if (samples[i].tokens.empty() && !samples[i].input.empty())
+            fail("sample " + std::to_string(i) +
+                 " holds a float vector, the backbone takes token sequences");
+        if (samples[i].tokens.size() != width)
+            fail("sample " + std::to_string(i) + " has " +
+                 std::to_string(samples[i].tokens.size()) + " tokens, the backbone takes " +
+                 std::to_string(width));
+        tokens.insert(tokens.end(), samples[i].tokens.begin(), samples[i].tokens.end());
+    }
+    return features(tokens);
+}
+
+}  // namespace edgetune
