@@ -4,7 +4,7 @@
 // brings classes s and s+1 (mod 10), so each class shows up in two consecutive sessions and
 // then stops arriving. After every session the head (linear, over a frozen 10-class backbone)
 // is updated three ways, each in its own Personalizer database:
-//   (a) new only      — the session's samples (Replay::reservoir(1): see the NOTE below),
+//   (a) new only      — the session's samples (Replay::none()),
 //   (b) reservoir     — the session's samples + a uniform replay of `replay` stored samples,
 //   (c) retrain all   — every stored sample (Replay::all), whose cost grows with the store.
 // After each update it measures test accuracy on every class seen so far and on the "old"
@@ -130,10 +130,8 @@ int main(int argc, char** argv) try {
         std::unique_ptr<edgetune::Personalizer> p;
         std::vector<Measure> measures;
     };
-    // NOTE: the API has no "new samples only" policy (reservoir and class-balanced replay
-    // require size > 0): reservoir(1) — the new samples plus ONE stored sample — is the nearest.
     std::vector<Policy> policies;
-    policies.push_back({"new only", edgetune::Replay::reservoir(1), nullptr, {}});
+    policies.push_back({"new only", edgetune::Replay::none(), nullptr, {}});
     policies.push_back({"reservoir " + std::to_string(replay_size),
                         edgetune::Replay::reservoir(replay_size),
                         nullptr,
