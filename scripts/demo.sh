@@ -12,7 +12,7 @@ ninja -C build -j2 examples/train_backbone examples/enroll >/dev/null
 mkdir -p out
 if [ ! -f out/backbone-0-5.etb ]; then
     echo "== pretraining the frozen backbone on Fashion-MNIST classes 0-5 (once)"
-    ./build/examples/train_backbone --classes 0-5 --out out/backbone-0-5.etb --out-dir out
+    ./build/examples/train_backbone --classes 0-5 --out out/backbone-0-5.etb
 fi
 echo "== enrolling classes 6-9 on the device from k shots"
 ./build/examples/enroll --backbone out/backbone-0-5.etb --out-dir out
