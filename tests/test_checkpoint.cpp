@@ -5,8 +5,10 @@
 #include "storage.hpp"
 
 #include <doctest/doctest.h>
+
 #include <unistd.h>
 #include <zlib.h>
+#include "test_util.hpp"
 
 #include <atomic>
 #include <cmath>
@@ -17,29 +19,9 @@
 #include <string>
 
 using namespace edgetune;
+using namespace edgetune_test;
 
 namespace {
-
-std::string temp_path(const std::string& name) {
-    const char* env = std::getenv("EDGETUNE_TEST_TMP");
-    const std::filesystem::path dir = env && *env ? env : "/tmp";
-    std::filesystem::create_directories(dir);
-    static std::atomic<int> counter{0};
-    return (dir / ("checkpoint-" + name + "-" + std::to_string(::getpid()) + "-" +
-                   std::to_string(counter++)))
-        .string();
-}
-
-template <class E, class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const E& e) {
-        return e.what();
-    }
-    FAIL("expected an exception");
-    return {};
-}
 
 Matrix ramp(Index rows, Index cols, float scale) {
     Matrix m(rows, cols);

@@ -8,10 +8,12 @@
 #include "personalize.hpp"
 
 #include <doctest/doctest.h>
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
+#include "test_util.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -24,46 +26,12 @@
 #include <thread>
 
 using namespace edgetune;
+using namespace edgetune_test;
 using namespace std::chrono_literals;
 
 namespace {
 
 using Tensors = std::vector<std::pair<std::string, Matrix>>;
-
-// A unique database path under $EDGETUNE_TEST_TMP (or /tmp); removes the file and its WAL
-// companions on scope exit.
-struct TempDb {
-    std::string path;
-    explicit TempDb(const std::string& name) {
-        const char* env = std::getenv("EDGETUNE_TEST_TMP");
-        const std::filesystem::path dir = env && *env ? env : "/tmp";
-        std::filesystem::create_directories(dir);
-        static std::atomic<int> counter{0};
-        path = (dir / ("personalize-" + name + "-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(counter++) + ".db"))
-                   .string();
-        remove_all();
-    }
-    ~TempDb() { remove_all(); }
-    void remove_all() const {
-        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
-    }
-};
-
-template <class E, class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const E& e) {
-        return e.what();
-    }
-    FAIL("expected an exception");
-    return {};
-}
-
-bool contains(const std::string& s, const std::string& part) {
-    return s.find(part) != std::string::npos;
-}
 
 // A small random MLP backbone over float vectors [D] -> features [hidden.back()].
 std::shared_ptr<const Backbone> make_backbone(Index d, std::vector<Index> hidden,

@@ -3,8 +3,10 @@
 #include "storage.hpp"
 
 #include <doctest/doctest.h>
+
 #include <sys/stat.h>
 #include <unistd.h>
+#include "test_util.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -14,39 +16,9 @@
 #include <string>
 
 using namespace edgetune;
+using namespace edgetune_test;
 
 namespace {
-
-// A unique database path under $EDGETUNE_TEST_TMP (or /tmp); removes the file and its WAL
-// companions on scope exit.
-struct TempDb {
-    std::string path;
-    explicit TempDb(const std::string& name) {
-        const char* env = std::getenv("EDGETUNE_TEST_TMP");
-        const std::filesystem::path dir = env && *env ? env : "/tmp";
-        std::filesystem::create_directories(dir);
-        static std::atomic<int> counter{0};
-        path = (dir / ("storage-" + name + "-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(counter++) + ".db"))
-                   .string();
-        remove_all();
-    }
-    ~TempDb() { remove_all(); }
-    void remove_all() const {
-        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
-    }
-};
-
-template <class E, class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const E& e) {
-        return e.what();
-    }
-    FAIL("expected an exception");
-    return {};
-}
 
 StoreOptions image_options(std::int64_t d = 8, std::int64_t classes = 4) {
     return {.input = InputSpec::float_vector(d), .label = LabelSpec::classes(classes)};

@@ -5,10 +5,12 @@
 #include "storage.hpp"
 
 #include <doctest/doctest.h>
+
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "test_util.hpp"
 
 #include <atomic>
 #include <cmath>
@@ -22,41 +24,9 @@
 #include <thread>
 
 using namespace edgetune;
+using namespace edgetune_test;
 
 namespace {
-
-struct TempDb {
-    std::string path;
-    explicit TempDb(const std::string& name) {
-        const char* env = std::getenv("EDGETUNE_TEST_TMP");
-        const std::filesystem::path dir = env && *env ? env : "/tmp";
-        std::filesystem::create_directories(dir);
-        static std::atomic<int> counter{0};
-        path = (dir / ("faults-" + name + "-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(counter++) + ".db"))
-                   .string();
-        remove_all();
-    }
-    ~TempDb() { remove_all(); }
-    void remove_all() const {
-        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
-    }
-};
-
-template <class E, class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const E& e) {
-        return e.what();
-    }
-    FAIL("expected an exception");
-    return {};
-}
-
-bool contains(const std::string& text, const std::string& part) {
-    return text.find(part) != std::string::npos;
-}
 
 StoreOptions image_options(std::int64_t d = 8) {
     return {.input = InputSpec::float_vector(d), .label = LabelSpec::classes(4)};

@@ -7,7 +7,9 @@
 #include "personalize.hpp"
 
 #include <doctest/doctest.h>
+
 #include <unistd.h>
+#include "test_util.hpp"
 
 #include <atomic>
 #include <cstring>
@@ -16,30 +18,12 @@
 #include <thread>
 
 using namespace edgetune;
+using namespace edgetune_test;
 using namespace std::chrono_literals;
 
 namespace {
 
 using Tensors = std::vector<std::pair<std::string, Matrix>>;
-
-// A unique database path under $EDGETUNE_TEST_TMP (or /tmp), removed on scope exit.
-struct TempDb {
-    std::string path;
-    explicit TempDb(const std::string& name) {
-        const char* env = std::getenv("EDGETUNE_TEST_TMP");
-        const std::filesystem::path dir = env && *env ? env : "/tmp";
-        std::filesystem::create_directories(dir);
-        static std::atomic<int> counter{0};
-        path = (dir / ("threads-" + name + "-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(counter++) + ".db"))
-                   .string();
-        remove_all();
-    }
-    ~TempDb() { remove_all(); }
-    void remove_all() const {
-        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
-    }
-};
 
 // Gaussian clusters in 8-D, one per class, classes interleaved.
 std::vector<Sample> blobs(int per_class, std::uint64_t seed) {

@@ -1,0 +1,54 @@
+// test_util.hpp — helpers shared by the test suites: unique temporary paths, a temporary
+// database that cleans up after itself, and exception-message capture.
+#pragma once
+
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace edgetune_test {
+
+// A unique path (no extension) under $EDGETUNE_TEST_TMP (or /tmp), which is created.
+inline std::string temp_path(const std::string& name) {
+    const char* env = std::getenv("EDGETUNE_TEST_TMP");
+    const std::filesystem::path dir = env && *env ? env : "/tmp";
+    std::filesystem::create_directories(dir);
+    static std::atomic<int> counter{0};
+    return (dir / ("edgetune-" + name + "-" + std::to_string(::getpid()) + "-" +
+                   std::to_string(counter++)))
+        .string();
+}
+
+// A unique database path; removes the file and its WAL companions before and after use.
+struct TempDb {
+    std::string path;
+    explicit TempDb(const std::string& name) : path(temp_path(name) + ".db") { remove_all(); }
+    ~TempDb() { remove_all(); }
+    TempDb(const TempDb&) = delete;
+    TempDb& operator=(const TempDb&) = delete;
+    void remove_all() const {
+        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+    }
+};
+
+// The message of the E that f() throws; fails the test if it throws nothing.
+template <class E, class F>
+std::string thrown(F&& f) {
+    try {
+        f();
+    } catch (const E& e) {
+        return e.what();
+    }
+    FAIL("expected an exception");
+    return {};
+}
+
+inline bool contains(const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+}
+
+}  // namespace edgetune_test
