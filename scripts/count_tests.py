@@ -13,6 +13,15 @@ import sys
 SUMMARY = re.compile(r"\[doctest\] test cases:\s*(\d+)\s*\|\s*(\d+) passed\s*\|\s*(\d+) failed")
 
 args = sys.argv[1:]
+if args[:1] == ["--show"]:  # print each suite's doctest summary lines, then stop
+    for path in args[1:]:
+        with open(path) as f:
+            for line in f:
+                entry = json.loads(line)
+                for text in (entry.get("stdout") or "").splitlines():
+                    if text.startswith("[doctest] test cases") or text.startswith("[doctest] assertions"):
+                        print(f"{entry['name']}: {text}")
+    sys.exit(0)
 passed = failed = 0
 if args[:1] == ["--extra-failed"]:  # checks run outside meson (the format check)
     extra = int(args[1])

@@ -10,9 +10,10 @@ logs=()
 status=0
 run_suite() {  # run_suite BUILD_DIR MESON_TEST_ARGS...
     local dir=$1; shift
-    meson test -C "$dir" --no-rebuild --num-processes 2 --print-errorlogs "$@" \
-        | grep -E '^\[doctest\] (test cases|assertions|Status)|^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout|Expected|Unexpected)' 
+    # Prints one line per test, a summary, and the full log of any test that failed.
+    meson test -C "$dir" --no-rebuild --num-processes 2 --print-errorlogs "$@" | grep -v '^$'
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    python3 scripts/count_tests.py --show "$dir/meson-logs/testlog.json"
     logs+=("$dir/meson-logs/testlog.json")
 }
 configure() {  # configure BUILD_DIR TARGET_PATTERN MESON_ARGS... ; builds matching targets
