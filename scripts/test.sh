@@ -46,7 +46,7 @@ run_suite build-test
 echo "== ASan + UBSan build: every doctest suite"
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 configure build-asan 'tests/test_[a-z_]*' -Dbuildtype=debugoptimized -Db_sanitize=address,undefined || exit 1
-run_suite build-asan --no-suite examples
+run_suite build-asan --suite autograd --suite optim --suite storage --suite personalize --suite threads
 
 echo "== ThreadSanitizer build: the threaded suite"
 export TSAN_OPTIONS=halt_on_error=1
