@@ -81,6 +81,14 @@ private:
     bool previous_;
 };
 
+// Graph buffers (op values, gradients, tensors saved for backward) that die with a step's
+// graph are kept per thread, up to 32 buffers and 64 MiB, and reused by the next step of the
+// same shapes: a training loop does not reallocate (and page-fault in) its activations.
+// buffer_cache_bytes() is what this thread holds; release_buffer_cache() frees it (an app
+// going to the background, say). A thread's cache is freed when the thread exits.
+std::size_t buffer_cache_bytes() noexcept;
+void release_buffer_cache() noexcept;
+
 // ---------------------------------------------------------------------------------------
 // Ops (autograd/ops.cpp). Shapes: a, b [n x d] unless noted. Errors name the op and shapes.
 
@@ -95,6 +103,13 @@ Var scale(const Var& a, float s);  // a * s
 Var matmul(const Var& a, const Var& b);
 // x [n x d] + row [1 x d] broadcast over rows (bias).
 Var add_row(const Var& x, const Var& row);
+// x [n x k] W [k x m] + bias [1 x m] on every row -> [n x m]: matmul and add_row fused (one
+// output buffer, no gradient copy). `bias` may be an empty Var: no bias.
+Var linear(const Var& x, const Var& weight, const Var& bias = {});
+// The instruction set matmul and linear run with in this process: "avx2+fma" on x86-64 CPUs
+// that have it (chosen at run time, whatever the build's flags), else "generic" (the build's
+// flags). EDGETUNE_KERNELS=generic in the environment forces "generic".
+const char* matmul_kernel() noexcept;
 
 // Reductions.
 Var sum(const Var& a);       // [n x d] -> [1 x 1]

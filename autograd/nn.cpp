@@ -111,8 +111,7 @@ Var Linear::forward(const Var& x) {
     if (x.cols() != weight.rows())
         throw InvalidArgument("[Linear] input " + shape_str(x.value()) + " does not match " +
                               std::to_string(weight.rows()) + " input features");
-    Var y = matmul(x, weight);
-    return bias.defined() ? add_row(y, bias) : y;
+    return linear(x, weight, bias);
 }
 
 Embedding::Embedding(Index vocab, Index dim, Rng& rng) {

@@ -35,6 +35,39 @@ public:
     bool is_leaf() const { return !backward_fn; }
 };
 
+// ---- buffer cache (autograd/buffers.cpp) -----------------------------------------------
+// Every op value, gradient and saved tensor comes from acquire_buffer() and goes back through
+// release_buffer(), so a training loop reuses last step's storage instead of reallocating it.
+
+// A [rows x cols] matrix with UNINITIALIZED contents, from this thread's cache when one of
+// the same element count is there.
+Matrix acquire_buffer(Index rows, Index cols);
+// Hands m's storage to this thread's cache (or frees it); leaves m empty.
+void release_buffer(Matrix& m) noexcept;
+
+// A matrix kept by a backward closure (softmax probabilities, a dropout mask) whose storage
+// returns to the cache when the closure dies. Copyable, as std::function requires.
+struct SavedMatrix {
+    Matrix m;
+    explicit SavedMatrix(Matrix&& value) : m(std::move(value)) {}
+    // NOTE: the move constructor matters: without it, moving the closure into a
+    // std::function would deep-copy the matrix (a hidden allocation per op).
+    SavedMatrix(SavedMatrix&&) noexcept = default;
+    SavedMatrix(const SavedMatrix&) = default;
+    SavedMatrix& operator=(const SavedMatrix&) = delete;
+    ~SavedMatrix() { release_buffer(m); }
+};
+
+// Gives the node a gradient buffer of its value's shape (contents unspecified).
+inline void ensure_grad_storage(Node& node) {
+    if (node.grad.size() != node.value.size()) {
+        release_buffer(node.grad);
+        node.grad = acquire_buffer(node.value.rows(), node.value.cols());
+    } else {
+        node.grad.resize(node.value.rows(), node.value.cols());  // same count: no reallocation
+    }
+}
+
 // grad += g (or grad = g when there is none yet). A no-op for nodes that need no gradient.
 // `g` may be any Eigen expression of the node's shape; it must not alias node.grad.
 template <typename Expr>
@@ -43,6 +76,7 @@ void accumulate_grad(Node& node, const Expr& g) {
     if (node.has_grad) {
         node.grad.noalias() += g;
     } else {
+        ensure_grad_storage(node);
         node.grad.noalias() = g;
         node.has_grad = true;
     }
@@ -51,6 +85,7 @@ void accumulate_grad(Node& node, const Expr& g) {
 // The node's gradient, zero-filled first if it has none: for ops that add into a part of it.
 inline Matrix& grad_for_update(Node& node) {
     if (!node.has_grad) {
+        ensure_grad_storage(node);
         node.grad.setZero(node.value.rows(), node.value.cols());
         node.has_grad = true;
     }

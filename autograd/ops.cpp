@@ -9,6 +9,7 @@
 #include <cmath>
 #include <initializer_list>
 
+#include "gemm.hpp"
 #include "node.hpp"
 
 namespace edgetune {
@@ -24,6 +25,48 @@ using Backward = std::function<void(Node&)>;
 void check_same_shape(const char* op, const Var& a, const Var& b) {
     if (a.rows() != b.rows() || a.cols() != b.cols())
         fail(op, "shapes differ: " + shape_str(a.value()) + " vs " + shape_str(b.value()));
+}
+
+// An expression's value in a cached buffer (see buffers.cpp): every op value comes from here
+// or from acquire_buffer(), never from a plain Matrix temporary.
+template <typename Expr>
+Matrix evaluate(const Eigen::MatrixBase<Expr>& e) {
+    Matrix m = acquire_buffer(e.rows(), e.cols());
+    m.noalias() = e.derived();  // m is fresh: never an operand
+    return m;
+}
+
+// op(a) op(b) [m x n] into a new buffer, or added into dst (see gemm.hpp for op()).
+GemmArgs product_args(const Matrix& a, bool trans_a, const Matrix& b, bool trans_b) {
+    return {.trans_a = trans_a,
+            .trans_b = trans_b,
+            .m = trans_a ? a.cols() : a.rows(),
+            .n = trans_b ? b.rows() : b.cols(),
+            .k = trans_a ? a.rows() : a.cols(),
+            .a = a.data(),
+            .b = b.data(),
+            .c = nullptr,
+            .accumulate = false};
+}
+
+Matrix product(const Matrix& a, bool trans_a, const Matrix& b, bool trans_b) {
+    GemmArgs g = product_args(a, trans_a, b, trans_b);
+    Matrix out = acquire_buffer(g.m, g.n);
+    g.c = out.data();
+    gemm(g);
+    return out;
+}
+
+// node.grad += op(a) op(b) (or = when the node has no gradient yet); a no-op for nodes that
+// need no gradient. Neither a nor b may be node.grad.
+void accumulate_product(Node& node, const Matrix& a, bool trans_a, const Matrix& b, bool trans_b) {
+    if (!node.requires_grad) return;
+    GemmArgs g = product_args(a, trans_a, b, trans_b);
+    g.accumulate = node.has_grad;
+    ensure_grad_storage(node);
+    g.c = node.grad.data();
+    gemm(g);
+    node.has_grad = true;
 }
 
 // Wraps `value` in a node; records inputs and the backward closure only if some input
@@ -57,7 +100,7 @@ Node& in1(Node& self) {
 // a, b [n x d] -> [n x d]
 Var add(const Var& a, const Var& b) {
     check_same_shape("add", a, b);
-    return make_op(a.value() + b.value(), {&a, &b}, [](Node& self) {
+    return make_op(evaluate(a.value() + b.value()), {&a, &b}, [](Node& self) {
         accumulate_grad(in0(self), self.grad);
         accumulate_grad(in1(self), self.grad);
     });
@@ -65,7 +108,7 @@ Var add(const Var& a, const Var& b) {
 
 Var sub(const Var& a, const Var& b) {
     check_same_shape("sub", a, b);
-    return make_op(a.value() - b.value(), {&a, &b}, [](Node& self) {
+    return make_op(evaluate(a.value() - b.value()), {&a, &b}, [](Node& self) {
         accumulate_grad(in0(self), self.grad);
         accumulate_grad(in1(self), -self.grad);
     });
@@ -73,7 +116,7 @@ Var sub(const Var& a, const Var& b) {
 
 Var mul(const Var& a, const Var& b) {
     check_same_shape("mul", a, b);
-    return make_op(a.value().cwiseProduct(b.value()), {&a, &b}, [](Node& self) {
+    return make_op(evaluate(a.value().cwiseProduct(b.value())), {&a, &b}, [](Node& self) {
         accumulate_grad(in0(self), self.grad.cwiseProduct(in1(self).value));
         accumulate_grad(in1(self), self.grad.cwiseProduct(in0(self).value));
     });
@@ -81,7 +124,7 @@ Var mul(const Var& a, const Var& b) {
 
 Var div(const Var& a, const Var& b) {
     check_same_shape("div", a, b);
-    return make_op(a.value().cwiseQuotient(b.value()), {&a, &b}, [](Node& self) {
+    return make_op(evaluate(a.value().cwiseQuotient(b.value())), {&a, &b}, [](Node& self) {
         const Matrix& bv = in1(self).value;
         accumulate_grad(in0(self), self.grad.cwiseQuotient(bv));
         // d(a/b)/db = -a/b^2 = -out/b
@@ -90,11 +133,12 @@ Var div(const Var& a, const Var& b) {
 }
 
 Var neg(const Var& a) {
-    return make_op(-a.value(), {&a}, [](Node& self) { accumulate_grad(in0(self), -self.grad); });
+    return make_op(evaluate(-a.value()), {&a},
+                   [](Node& self) { accumulate_grad(in0(self), -self.grad); });
 }
 
 Var scale(const Var& a, float s) {
-    return make_op(a.value() * s, {&a},
+    return make_op(evaluate(a.value() * s), {&a},
                    [s](Node& self) { accumulate_grad(in0(self), self.grad * s); });
 }
 
@@ -105,13 +149,11 @@ Var matmul(const Var& a, const Var& b) {
     if (a.cols() != b.rows())
         fail("matmul",
              "inner dimensions differ: " + shape_str(a.value()) + " x " + shape_str(b.value()));
-    Matrix out(a.rows(), b.cols());
-    out.noalias() = a.value() * b.value();
-    return make_op(std::move(out), {&a, &b}, [](Node& self) {
+    return make_op(product(a.value(), false, b.value(), false), {&a, &b}, [](Node& self) {
         Node& na = in0(self);
         Node& nb = in1(self);
-        accumulate_grad(na, self.grad * nb.value.transpose());  // [n x m] x [m x k]
-        accumulate_grad(nb, na.value.transpose() * self.grad);  // [k x n] x [n x m]
+        accumulate_product(na, self.grad, false, nb.value, true);  // [n x m] x [m x k]
+        accumulate_product(nb, na.value, true, self.grad, false);  // [k x n] x [n x m]
     });
 }
 
@@ -121,12 +163,37 @@ Var add_row(const Var& x, const Var& row) {
         fail("add_row", "row " + shape_str(row.value()) + " does not broadcast over " +
                             shape_str(x.value()) + " (expected [1 x " + std::to_string(x.cols()) +
                             "])");
-    Matrix out = x.value();
+    Matrix out = evaluate(x.value());
     out.rowwise() += row.value().row(0);
     return make_op(std::move(out), {&x, &row}, [](Node& self) {
         accumulate_grad(in0(self), self.grad);
         accumulate_grad(in1(self), self.grad.colwise().sum());
     });
+}
+
+// x [n x k] W [k x m] (+ bias [1 x m] on every row) -> [n x m]. matmul and add_row fused: the
+// product's buffer is the output, and the backward reads the upstream gradient in place where
+// the two-op form copies it from one node into the other. Same bits as add_row(matmul(x, W), b).
+Var linear(const Var& x, const Var& weight, const Var& bias) {
+    if (x.cols() != weight.rows())
+        fail("linear", "input " + shape_str(x.value()) + " does not match weight " +
+                           shape_str(weight.value()));
+    if (bias.defined() && (bias.rows() != 1 || bias.cols() != weight.cols()))
+        fail("linear", "bias " + shape_str(bias.value()) + " does not match weight " +
+                           shape_str(weight.value()) + " (expected [1 x " +
+                           std::to_string(weight.cols()) + "])");
+    Matrix out = product(x.value(), false, weight.value(), false);
+    if (bias.defined()) out.rowwise() += bias.value().row(0);
+    Backward backward_fn = [](Node& self) {
+        Node& nx = in0(self);
+        Node& nw = in1(self);
+        accumulate_product(nx, self.grad, false, nw.value, true);  // [n x m] x [m x k]
+        accumulate_product(nw, nx.value, true, self.grad, false);  // [k x n] x [n x m]
+        if (self.inputs.size() == 3) accumulate_grad(*self.inputs[2], self.grad.colwise().sum());
+    };
+    if (bias.defined())
+        return make_op(std::move(out), {&x, &weight, &bias}, std::move(backward_fn));
+    return make_op(std::move(out), {&x, &weight}, std::move(backward_fn));
 }
 
 // ---- reductions ------------------------------------------------------------------------
@@ -151,14 +218,14 @@ Var mean(const Var& a) {
 
 // [n x d] -> [1 x d]
 Var sum_rows(const Var& a) {
-    return make_op(a.value().colwise().sum(), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().colwise().sum()), {&a}, [](Node& self) {
         accumulate_grad(in0(self), self.grad.replicate(in0(self).value.rows(), 1));
     });
 }
 
 // [n x d] -> [n x 1]
 Var sum_cols(const Var& a) {
-    return make_op(a.value().rowwise().sum(), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().rowwise().sum()), {&a}, [](Node& self) {
         accumulate_grad(in0(self), self.grad.replicate(1, in0(self).value.cols()));
     });
 }
@@ -167,7 +234,7 @@ Var sum_cols(const Var& a) {
 // NOTE: relu/leaky_relu use the subgradient 0 (resp. slope) at exactly 0, as PyTorch does.
 
 Var relu(const Var& a) {
-    return make_op(a.value().cwiseMax(0.0f), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().cwiseMax(0.0f)), {&a}, [](Node& self) {
         accumulate_grad(
             in0(self),
             (self.grad.array() * (in0(self).value.array() > 0.0f).cast<float>()).matrix());
@@ -175,7 +242,8 @@ Var relu(const Var& a) {
 }
 
 Var leaky_relu(const Var& a, float slope) {
-    Matrix out = (a.value().array() > 0.0f).select(a.value().array(), a.value().array() * slope);
+    Matrix out = evaluate(
+        (a.value().array() > 0.0f).select(a.value().array(), a.value().array() * slope).matrix());
     return make_op(std::move(out), {&a}, [slope](Node& self) {
         accumulate_grad(
             in0(self),
@@ -185,7 +253,7 @@ Var leaky_relu(const Var& a, float slope) {
 }
 
 Var tanh(const Var& a) {
-    return make_op(a.value().array().tanh().matrix(), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().array().tanh().matrix()), {&a}, [](Node& self) {
         accumulate_grad(in0(self),
                         (self.grad.array() * (1.0f - self.value.array().square())).matrix());
     });
@@ -193,7 +261,7 @@ Var tanh(const Var& a) {
 
 // Written as 1/(1+exp(-x)): exp overflow gives inf and a result of exactly 0, never NaN.
 Var sigmoid(const Var& a) {
-    Matrix out = (1.0f / (1.0f + (-a.value().array()).exp())).matrix();
+    Matrix out = evaluate((1.0f / (1.0f + (-a.value().array()).exp())).matrix());
     return make_op(std::move(out), {&a}, [](Node& self) {
         const auto s = self.value.array();
         accumulate_grad(in0(self), (self.grad.array() * s * (1.0f - s)).matrix());
@@ -204,39 +272,38 @@ Var sigmoid(const Var& a) {
 Var gelu(const Var& a) {
     constexpr float inv_sqrt2 = 0.70710678118654752f;
     constexpr float inv_sqrt_2pi = 0.39894228040143268f;
-    Matrix out =
-        a.value().unaryExpr([](float x) { return 0.5f * x * (1.0f + std::erf(x * inv_sqrt2)); });
+    Matrix out = evaluate(
+        a.value().unaryExpr([](float x) { return 0.5f * x * (1.0f + std::erf(x * inv_sqrt2)); }));
     return make_op(std::move(out), {&a}, [](Node& self) {
         const Matrix& x = in0(self).value;
         // d/dx = Phi(x) + x * phi(x)
-        Matrix d = x.unaryExpr([](float v) {
+        accumulate_grad(in0(self), self.grad.cwiseProduct(x.unaryExpr([](float v) {
             return 0.5f * (1.0f + std::erf(v * inv_sqrt2)) +
                    v * inv_sqrt_2pi * std::exp(-0.5f * v * v);
-        });
-        accumulate_grad(in0(self), self.grad.cwiseProduct(d));
+        })));
     });
 }
 
 Var exp(const Var& a) {
-    return make_op(a.value().array().exp().matrix(), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().array().exp().matrix()), {&a}, [](Node& self) {
         accumulate_grad(in0(self), self.grad.cwiseProduct(self.value));
     });
 }
 
 Var log(const Var& a) {
-    return make_op(a.value().array().log().matrix(), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().array().log().matrix()), {&a}, [](Node& self) {
         accumulate_grad(in0(self), self.grad.cwiseQuotient(in0(self).value));
     });
 }
 
 Var square(const Var& a) {
-    return make_op(a.value().array().square().matrix(), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().array().square().matrix()), {&a}, [](Node& self) {
         accumulate_grad(in0(self), (2.0f * self.grad.array() * in0(self).value.array()).matrix());
     });
 }
 
 Var sqrt(const Var& a) {
-    return make_op(a.value().array().sqrt().matrix(), {&a}, [](Node& self) {
+    return make_op(evaluate(a.value().array().sqrt().matrix()), {&a}, [](Node& self) {
         accumulate_grad(in0(self), (0.5f * self.grad.array() / self.value.array()).matrix());
     });
 }
@@ -255,7 +322,7 @@ Var concat_cols(const std::vector<Var>& parts) {
                                     std::to_string(rows) + " rows");
         cols += parts[i].cols();
     }
-    Matrix out(rows, cols);
+    Matrix out = acquire_buffer(rows, cols);
     Index offset = 0;
     for (const Var& p : parts) {
         out.middleCols(offset, p.cols()) = p.value();
@@ -287,7 +354,7 @@ Var slice_cols(const Var& a, Index start, Index count) {
         fail("slice_cols", "columns [" + std::to_string(start) + ", " +
                                std::to_string(start + count) + ") out of range for " +
                                shape_str(a.value()));
-    return make_op(a.value().middleCols(start, count), {&a}, [start, count](Node& self) {
+    return make_op(evaluate(a.value().middleCols(start, count)), {&a}, [start, count](Node& self) {
         grad_for_update(in0(self)).middleCols(start, count) += self.grad;
     });
 }
@@ -297,7 +364,7 @@ Var slice_cols(const Var& a, Index start, Index count) {
 Var reshape(const Var& a, Index rows, Index cols) {
     if (rows < 0 || cols < 0 || rows * cols != a.value().size())
         fail("reshape", "cannot view " + shape_str(a.value()) + " as " + shape_str(rows, cols));
-    Matrix out = Eigen::Map<const Matrix>(a.value().data(), rows, cols);
+    Matrix out = evaluate(Eigen::Map<const Matrix>(a.value().data(), rows, cols));
     return make_op(std::move(out), {&a}, [](Node& self) {
         Node& na = in0(self);
         accumulate_grad(
@@ -310,7 +377,7 @@ Var reshape(const Var& a, Index rows, Index cols) {
 // table [V x d], ids -> [ids.size() x d]
 Var embedding(const Var& table, const IdList& ids) {
     const Index vocab = table.rows();
-    Matrix out(static_cast<Index>(ids.size()), table.cols());
+    Matrix out = acquire_buffer(static_cast<Index>(ids.size()), table.cols());
     for (std::size_t i = 0; i < ids.size(); ++i) {
         if (ids[i] < 0 || ids[i] >= vocab)
             fail("embedding", "id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
@@ -332,11 +399,11 @@ Var dropout(const Var& a, float p, Rng& rng, bool training) {
     if (!(p >= 0.0f && p < 1.0f)) fail("dropout", "p = " + std::to_string(p) + " outside [0, 1)");
     if (!training || p == 0.0f) return a;
     const float keep_scale = 1.0f / (1.0f - p);
-    Matrix mask(a.rows(), a.cols());
+    Matrix mask = acquire_buffer(a.rows(), a.cols());
     for (Index i = 0; i < mask.size(); ++i) mask.data()[i] = rng.uniform() < p ? 0.0f : keep_scale;
-    Matrix out = a.value().cwiseProduct(mask);
-    return make_op(std::move(out), {&a}, [mask = std::move(mask)](Node& self) {
-        accumulate_grad(in0(self), self.grad.cwiseProduct(mask));
+    Matrix out = evaluate(a.value().cwiseProduct(mask));
+    return make_op(std::move(out), {&a}, [mask = SavedMatrix(std::move(mask))](Node& self) {
+        accumulate_grad(in0(self), self.grad.cwiseProduct(mask.m));
     });
 }
 
@@ -348,7 +415,8 @@ namespace {
 // loses the small log-sum in the large max's rounding (logits of 1000 are off by 1e-4).
 Matrix row_log_softmax(const Matrix& z) {
     const Eigen::VectorXf m = z.rowwise().maxCoeff();
-    Matrix shifted = z.colwise() - m;
+    Matrix shifted = acquire_buffer(z.rows(), z.cols());
+    shifted.noalias() = z.colwise() - m;
     const Eigen::VectorXf log_sum = shifted.array().exp().rowwise().sum().log().matrix();
     shifted.colwise() -= log_sum;
     return shifted;
@@ -362,9 +430,9 @@ Var log_softmax(const Var& logits) {
     Matrix out = row_log_softmax(logits.value());
     return make_op(std::move(out), {&logits}, [](Node& self) {
         const Eigen::VectorXf gsum = self.grad.rowwise().sum();
-        Matrix d = self.value.array().exp().matrix();
-        d = self.grad - (d.array().colwise() * gsum.array()).matrix();
-        accumulate_grad(in0(self), d);
+        accumulate_grad(
+            in0(self),
+            (self.grad.array() - self.value.array().exp().colwise() * gsum.array()).matrix());
     });
 }
 
@@ -446,24 +514,33 @@ float weighted_nll(const ClassCoefficients& k, const IdList& labels, const Matri
 Var cross_entropy(const Var& logits, const IdList& labels, const CrossEntropyOptions& opts) {
     const Matrix& z = logits.value();
     ClassCoefficients k = class_coefficients("cross_entropy", z.rows(), z.cols(), labels, opts);
+    // One [n x C] buffer: the shifted logits z - max, then (in place) their exp, then P.
     // NOTE: exp over the whole matrix in one coefficient-wise assignment (vectorized); a
     // rowwise().sum() of an exp expression on a row-major matrix runs a scalar expf per element.
     const Eigen::VectorXf m = z.rowwise().maxCoeff();
-    const Matrix shifted = z.colwise() - m;     // z - max, [n x C]
-    Matrix p = shifted.array().exp().matrix();  // unnormalized softmax, [n x C]
+    Matrix p = acquire_buffer(z.rows(), z.cols());
+    p.noalias() = z.colwise() - m;
+    // The loss reads the shifted logits at the label (and their w-weighted sum when smoothing)
+    // before p is overwritten: LP[i, c] = shifted[i, c] - log_sum[i].
+    Eigen::VectorXf y_shifted(z.rows()), w_shifted(z.rows());
+    for (Index i = 0; i < z.rows(); ++i) {
+        y_shifted[i] = p(i, labels[static_cast<std::size_t>(i)]);
+        w_shifted[i] = k.beta[i] != 0.0f ? p.row(i).dot(k.w) : 0.0f;
+    }
+    p.array() = p.array().exp();  // unnormalized softmax
     const Eigen::VectorXf log_sum = p.rowwise().sum().array().log().matrix();
-    // loss = -sum_i alpha_i LP[i, y_i] + beta_i sum_c w_c LP[i, c], LP = shifted - log_sum.
+    // loss = -sum_i alpha_i LP[i, y_i] + beta_i sum_c w_c LP[i, c].
     const float wsum = k.w.sum();
     double loss = 0.0;
     for (Index i = 0; i < z.rows(); ++i) {
-        const float y_lp = shifted(i, labels[static_cast<std::size_t>(i)]) - log_sum[i];
-        loss -= static_cast<double>(k.alpha[i]) * y_lp;
+        loss -= static_cast<double>(k.alpha[i]) * (y_shifted[i] - log_sum[i]);
         if (k.beta[i] != 0.0f)
-            loss -= static_cast<double>(k.beta[i]) * (shifted.row(i).dot(k.w) - wsum * log_sum[i]);
+            loss -= static_cast<double>(k.beta[i]) * (w_shifted[i] - wsum * log_sum[i]);
     }
     p.array().colwise() *= (-log_sum).array().exp();  // now P = softmax(z); kept for backward
     return make_op(Matrix::Constant(1, 1, static_cast<float>(loss)), {&logits},
-                   [p = std::move(p), k = std::move(k), labels](Node& self) {
+                   [saved = SavedMatrix(std::move(p)), k = std::move(k), labels](Node& self) {
+                       const Matrix& p = saved.m;
                        Node& in = in0(self);
                        if (!in.requires_grad) return;
                        const float g = self.grad(0, 0);
@@ -517,8 +594,8 @@ Var bce_with_logits(const Var& logits, const Var& targets) {
         const Matrix& xv = in0(self).value;
         const Matrix& tv = in1(self).value;
         const float g = self.grad(0, 0) / static_cast<float>(xv.size());
-        const Matrix s = (1.0f / (1.0f + (-xv.array()).exp())).matrix();
-        accumulate_grad(in0(self), ((s - tv) * g));
+        accumulate_grad(in0(self),
+                        ((1.0f / (1.0f + (-xv.array()).exp()) - tv.array()) * g).matrix());
         accumulate_grad(in1(self), (xv * -g));
     });
 }

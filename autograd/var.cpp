@@ -32,6 +32,8 @@ Node::~Node() {
             node->inputs.clear();
         }
     }
+    release_buffer(value);
+    release_buffer(grad);
 }
 
 Var::Var(Matrix value, bool requires_grad) : node_(std::make_shared<Node>()) {

@@ -42,6 +42,7 @@
 
 #include "autograd.hpp"
 #include "bench_config.hpp"
+#include "gemm.hpp"  // private to autograd/: the limit row shares its kernel
 #include "optim.hpp"
 #ifdef EDGETUNE_BENCH_HAVE_STORAGE
 #include "storage.hpp"
@@ -279,6 +280,23 @@ float softmax_ce_grad(Matrix& z, const IdList& y) {
     return static_cast<float>(loss / static_cast<double>(n));
 }
 
+// dst = op(a) op(b) (op: transposed when the flag is set), through the engine's own matrix
+// kernel (autograd/gemm.hpp: AVX2+FMA chosen at run time where the CPU has it). The limit's
+// products then run on the same instructions as the engine's, so engine/limit measures what
+// the graph costs rather than which instruction set each side was compiled for.
+void product_into(Matrix& dst, const Matrix& a, bool trans_a, const Matrix& b, bool trans_b) {
+    dst.resize(trans_a ? a.cols() : a.rows(), trans_b ? b.rows() : b.cols());
+    gemm({.trans_a = trans_a,
+          .trans_b = trans_b,
+          .m = dst.rows(),
+          .n = dst.cols(),
+          .k = trans_a ? a.rows() : a.cols(),
+          .a = a.data(),
+          .b = b.data(),
+          .c = dst.data(),
+          .accumulate = false});
+}
+
 // The hand-fused limit: the same step with preallocated buffers and no graph. Init as
 // PyTorch's nn.Linear (U(-1/sqrt(in), 1/sqrt(in))).
 class FusedHead {
@@ -296,26 +314,26 @@ public:
     // x [n x in], y [n] -> loss; one forward, backward and Adam step.
     float step(const Matrix& x, const IdList& y, float lr) {
         if (!hidden_) {
-            z_.noalias() = x * w1_;
+            product_into(z_, x, false, w1_, false);
             z_.rowwise() += b1_.row(0);
             const float loss = softmax_ce_grad(z_, y);  // z_ now holds dz
-            dw1_.noalias() = x.transpose() * z_;
+            product_into(dw1_, x, true, z_, false);
             db1_.noalias() = z_.colwise().sum();
             adam_w1_.step(w1_, dw1_, lr);
             adam_b1_.step(b1_, db1_, lr);
             return loss;
         }
-        h_.noalias() = x * w1_;
+        product_into(h_, x, false, w1_, false);
         h_.rowwise() += b1_.row(0);
         h_ = h_.cwiseMax(0.0f);
-        z_.noalias() = h_ * w2_;
+        product_into(z_, h_, false, w2_, false);
         z_.rowwise() += b2_.row(0);
         const float loss = softmax_ce_grad(z_, y);
-        dw2_.noalias() = h_.transpose() * z_;
+        product_into(dw2_, h_, true, z_, false);
         db2_.noalias() = z_.colwise().sum();
-        dh_.noalias() = z_ * w2_.transpose();
+        product_into(dh_, z_, false, w2_, true);
         dh_ = (h_.array() > 0.0f).select(dh_, 0.0f);
-        dw1_.noalias() = x.transpose() * dh_;
+        product_into(dw1_, x, true, dh_, false);
         db1_.noalias() = dh_.colwise().sum();
         adam_w1_.step(w1_, dw1_, lr);
         adam_b1_.step(b1_, db1_, lr);
@@ -730,6 +748,7 @@ void print_json(const std::vector<Row>& rows, const Budget& budget) {
     out += ", \"flags\": " + json_string(EDGETUNE_BENCH_FLAGS);
     out += ", \"buildtype\": " + json_string(EDGETUNE_BENCH_BUILDTYPE);
     out += ", \"simd\": " + json_string(simd_in_use());
+    out += ", \"matmul_kernel\": " + json_string(matmul_kernel());
     out += fmt::format(", \"eigen_threads\": {}, \"openmp\": {}, \"tiny\": {}", Eigen::nbThreads(),
                        openmp_enabled(), budget.tiny);
     out += ", \"rows\": [";
@@ -806,10 +825,11 @@ int main_impl(int argc, char** argv) {
     fs::create_directories(dir);
 
     if (!json)
-        fmt::print("edgetune_bench: {} {} ({}), SIMD {}, Eigen threads {}, OpenMP {}{}\n",
-                   EDGETUNE_BENCH_COMPILER, EDGETUNE_BENCH_FLAGS, EDGETUNE_BENCH_BUILDTYPE,
-                   simd_in_use(), Eigen::nbThreads(), openmp_enabled() ? "on" : "off",
-                   budget.tiny ? ", tiny (no timing meaning)" : "");
+        fmt::print(
+            "edgetune_bench: {} {} ({}), SIMD {}, matmul {}, Eigen threads {}, OpenMP {}{}\n",
+            EDGETUNE_BENCH_COMPILER, EDGETUNE_BENCH_FLAGS, EDGETUNE_BENCH_BUILDTYPE, simd_in_use(),
+            matmul_kernel(), Eigen::nbThreads(), openmp_enabled() ? "on" : "off",
+            budget.tiny ? ", tiny (no timing meaning)" : "");
     std::vector<Row> rows;
     for (const std::string& t : task == "all" ? all_tasks : std::vector<std::string>{task}) {
         for (Row& r : run_task(t, budget, dir, phase)) {

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "autograd.hpp"
@@ -258,6 +259,14 @@ TEST_CASE("add_row rejects a row that does not broadcast") {
     CHECK_INVALID(add_row(x, Var(Matrix::Zero(2, 3))), "[add_row]", "[2 x 3]");
 }
 
+TEST_CASE("linear rejects a weight or bias that does not match, naming the shapes") {
+    const Var x(Matrix::Zero(32, 512));
+    CHECK_INVALID(linear(x, Var(Matrix::Zero(256, 10))), "[linear]", "[32 x 512]", "[256 x 10]");
+    const Var w(Matrix::Zero(512, 10));
+    CHECK_INVALID(linear(x, w, Var(Matrix::Zero(1, 9))), "[linear]", "bias [1 x 9]", "[1 x 10]");
+    CHECK_INVALID(linear(x, w, Var(Matrix::Zero(2, 10))), "[linear]", "bias [2 x 10]");
+}
+
 TEST_CASE("concat_cols rejects parts with differing rows and an empty list") {
     const Var a(Matrix::Zero(2, 3));
     const Var b(Matrix::Zero(3, 3));
@@ -354,4 +363,63 @@ TEST_CASE("dropout rejects p outside [0, 1)") {
     CHECK_INVALID(dropout(x, -0.1f, rng, true), "[dropout]");
     CHECK_INVALID(dropout(x, std::nanf(""), rng, true), "[dropout]");
     CHECK_INVALID(dropout(x, 1.5f, rng, false), "[dropout]");  // checked in eval mode too
+}
+
+// ---- buffer cache ----------------------------------------------------------------------
+
+namespace {
+// One training-like step on a [64 x 1000] logit matrix (buffers well above the cache's
+// 4 KiB floor): forward, backward, and the parameter gradient it leaves.
+Matrix vocab_step(Var& w, const Var& x, const IdList& y) {
+    w.zero_grad();
+    backward(cross_entropy(relu(linear(x, w)), y));
+    return w.grad();
+}
+}  // namespace
+
+TEST_CASE("buffer cache: a step's buffers are reused by the next one and results are unchanged") {
+    release_buffer_cache();
+    REQUIRE(buffer_cache_bytes() == 0);
+    Var w = Var::parameter(randn(32, 1000, 1) * 0.1f);
+    const Var x(randn(64, 32, 2));
+    IdList y;
+    for (int i = 0; i < 64; ++i) y.push_back((i * 37) % 1000);
+
+    const Matrix cold = vocab_step(w, x, y);  // every buffer freshly allocated
+    const std::size_t after_first = buffer_cache_bytes();
+    // The graph's [64 x 1000] value and gradient buffers are held now that the graph died.
+    CHECK(after_first >= 3 * 64 * 1000 * sizeof(float));
+    const Matrix warm = vocab_step(w, x, y);     // every buffer from the cache, contents stale
+    CHECK(buffer_cache_bytes() == after_first);  // same shapes: nothing new was allocated
+    CHECK(warm == cold);                         // stale contents never leak into results
+
+    release_buffer_cache();
+    CHECK(buffer_cache_bytes() == 0);
+    CHECK(vocab_step(w, x, y) == cold);
+}
+
+TEST_CASE("buffer cache: it holds at most 64 MiB; small buffers are not cached") {
+    release_buffer_cache();
+    {
+        // Three 24 MiB values die together: at most two fit under the cap.
+        const Var a(Matrix::Zero(1024, 6144)), b(Matrix::Zero(1024, 6144)),
+            c(Matrix::Zero(1024, 6144));
+    }
+    CHECK(buffer_cache_bytes() == 2 * std::size_t{24} << 20);
+    { const Var small(Matrix::Zero(16, 16)); }  // 1 KiB: below the 4 KiB floor
+    CHECK(buffer_cache_bytes() == 2 * std::size_t{24} << 20);
+    release_buffer_cache();
+    CHECK(buffer_cache_bytes() == 0);
+}
+
+TEST_CASE("buffer cache: each thread has its own, freed when the thread exits") {
+    release_buffer_cache();
+    std::size_t in_thread = 0;
+    std::thread t([&] {
+        { const Var v(Matrix::Zero(256, 256)); }
+        in_thread = buffer_cache_bytes();
+    });
+    t.join();
+    CHECK(in_thread == 256 * 256 * sizeof(float));
+    CHECK(buffer_cache_bytes() == 0);  // nothing moved to this thread
 }

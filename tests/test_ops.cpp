@@ -163,6 +163,29 @@ TEST_CASE("add_row: the row is added to every row") {
     CHECK(add_row(x, row).value() == mat(2, 2, {11, 22, 13, 24}));
 }
 
+TEST_CASE("linear: gradient matches finite differences and accumulates") {
+    const auto with_bias = gradcheck([](const Inputs& v) { return linear(v[0], v[1], v[2]); },
+                                     {param(4, 3, 60), param(3, 5, 61), param(1, 5, 62)});
+    CHECK_MESSAGE(with_bias.ok, with_bias.message);
+    const auto no_bias = gradcheck([](const Inputs& v) { return linear(v[0], v[1]); },
+                                   {param(4, 3, 63), param(3, 5, 64)});
+    CHECK_MESSAGE(no_bias.ok, no_bias.message);
+    // Frozen features: only the weight and bias need gradients.
+    const auto frozen_x = gradcheck([](const Inputs& v) { return linear(v[0], v[1], v[2]); },
+                                    {constant(4, 3, 65), param(3, 5, 66), param(1, 5, 67)});
+    CHECK_MESSAGE(frozen_x.ok, frozen_x.message);
+}
+
+TEST_CASE("linear: the same bits as add_row(matmul(x, W), b)") {
+    const Var x(mat(2, 3, {1, 2, 3, 4, 5, 6}));
+    const Var w(mat(3, 2, {7, 8, 9, 10, 11, 12}));
+    const Var b(mat(1, 2, {0.5f, -1}));
+    CHECK(linear(x, w, b).value() == mat(2, 2, {58.5f, 63, 139.5f, 153}));
+    CHECK(linear(x, w).value() == matmul(x, w).value());
+    const Var xr = constant(7, 33, 68), wr = param(33, 19, 69), br = param(1, 19, 70);
+    CHECK(linear(xr, wr, br).value() == add_row(matmul(xr, wr), br).value());
+}
+
 // ---- reductions ------------------------------------------------------------------------
 
 TEST_CASE("sum: gradient matches finite differences and accumulates") {
