@@ -1,37 +1,25 @@
 // gemm.cpp — picks the gemm variant once per process (see gemm.hpp).
 #include "gemm.hpp"
 
-#include <cstdlib>
-#include <cstring>
-
 #include "autograd.hpp"
+#include "cpu.hpp"
 
 namespace edgetune {
 
 namespace {
 
-using GemmFn = void (*)(const GemmArgs&);
-
 struct Choice {
-    GemmFn fn;
+    void (*fn)(const GemmArgs&);
     const char* name;
 };
 
-Choice choose() {
-    const char* force = std::getenv("EDGETUNE_KERNELS");
-    const bool generic_only = force != nullptr && std::strcmp(force, "generic") == 0;
-#ifdef EDGETUNE_HAVE_GEMM_AVX2
-    __builtin_cpu_init();
-    if (!generic_only && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return {gemm_avx2, "avx2+fma"};
-#else
-    (void)generic_only;
-#endif
-    return {gemm_generic, "generic"};
-}
-
 const Choice& chosen() {
-    static const Choice choice = choose();  // thread-safe static initialization
+    static const Choice choice = [] {
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
+        if (cpu_runs_avx2_kernels()) return Choice{gemm_avx2, "avx2+fma"};
+#endif
+        return Choice{gemm_generic, "generic"};
+    }();
     return choice;
 }
 

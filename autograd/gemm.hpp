@@ -30,7 +30,7 @@ struct GemmArgs {
 void gemm(const GemmArgs& args);
 
 // The compiled variants (gemm_kernel.cpp); gemm_avx2 exists only in x86-64 builds without
-// -march=native (EDGETUNE_HAVE_GEMM_AVX2) and must only run where the CPU has AVX2 and FMA.
+// -march=native (EDGETUNE_HAVE_AVX2_KERNELS) and must only run where the CPU has AVX2 and FMA.
 void gemm_generic(const GemmArgs& args);
 void gemm_avx2(const GemmArgs& args);
 

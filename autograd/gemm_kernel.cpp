@@ -1,12 +1,12 @@
 // gemm_kernel.cpp — one gemm variant through Eigen's GEMM; compiled once per instruction set.
 //
 // Built as gemm_generic with the project's flags and, on x86-64, as gemm_avx2 with -mavx2
-// -mfma (EDGETUNE_GEMM_AVX2). NOTE: the AVX2 copy renames Eigen's namespace. Both copies
+// -mfma (EDGETUNE_KERNEL_AVX2). NOTE: the AVX2 copy renames Eigen's namespace. Both copies
 // instantiate the same Eigen templates; under one name the linker would keep just one of each
 // (one definition rule), and AVX2 code could end up running on a CPU without AVX2, or the AVX2
 // path could silently run generic code. Only Eigen (and no other template library) may be used
 // here, for the same reason: tests/test_gemm.cpp checks the object's weak symbols.
-#ifdef EDGETUNE_GEMM_AVX2
+#ifdef EDGETUNE_KERNEL_AVX2
 #define Eigen edgetune_eigen_avx2
 #define EDGETUNE_GEMM_NAME gemm_avx2
 #else

@@ -40,9 +40,10 @@
 #include <utility>
 #include <vector>
 
+#include "adam_kernel.hpp"  // private to optim/: the limit row shares its kernels
 #include "autograd.hpp"
 #include "bench_config.hpp"
-#include "gemm.hpp"  // private to autograd/: the limit row shares its kernel
+#include "gemm.hpp"  // private to autograd/
 #include "optim.hpp"
 #ifdef EDGETUNE_BENCH_HAVE_STORAGE
 #include "storage.hpp"
@@ -239,7 +240,8 @@ Row run_head(const HeadShape& shape, const Budget& budget) {
     return timed_row(shape.name, time_calls(step, budget));
 }
 
-// Adam with torch.optim.Adam's update (bias corrections in double, as optim/ does).
+// Adam with torch.optim.Adam's update (bias corrections in double, as optim/ does), through the
+// engine's own element kernel (optim/adam_kernel.hpp, AVX2+FMA chosen at run time like gemm).
 struct FusedAdam {
     Matrix m, v;
     std::int64_t t = 0;
@@ -251,13 +253,20 @@ struct FusedAdam {
             v.setZero(p.rows(), p.cols());
         }
         ++t;
-        m.array() = beta1 * m.array() + (1.0f - beta1) * g.array();
-        v.array() = beta2 * v.array() + (1.0f - beta2) * g.array().square();
         const double bias1 = 1.0 - std::pow(double{beta1}, static_cast<double>(t));
         const double bias2 = 1.0 - std::pow(double{beta2}, static_cast<double>(t));
-        const float step_size = static_cast<float>(lr / bias1);
-        const float bias2_sqrt = static_cast<float>(std::sqrt(bias2));
-        p.array() -= step_size * (m.array() / (v.array().sqrt() / bias2_sqrt + eps));
+        adam_step({.p = p.data(),
+                   .m = m.data(),
+                   .v = v.data(),
+                   .v_max = nullptr,
+                   .g = g.data(),
+                   .n = p.size(),
+                   .beta1 = beta1,
+                   .beta2 = beta2,
+                   .l2 = 0.0f,
+                   .step_size = static_cast<float>(lr / bias1),
+                   .bias2_sqrt = static_cast<float>(std::sqrt(bias2)),
+                   .eps = eps});
     }
 };
 

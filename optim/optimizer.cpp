@@ -8,6 +8,8 @@
 #include <cmath>
 #include <utility>
 
+#include "adam_kernel.hpp"
+#include "cpu.hpp"
 #include "format.hpp"
 #include "optim.hpp"
 
@@ -84,13 +86,6 @@ void sgd_update(Matrix& p, const Dp& d_p, std::vector<Matrix>& slots, const SgdO
     } else {
         p.array() -= lr * buf.array();
     }
-}
-
-// m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2; d as in sgd_update.
-template <typename D>
-void adam_moments(Matrix& m, Matrix& v, const D& d, const AdamOptions& o) {
-    m.array() = o.beta1 * m.array() + (1.0f - o.beta1) * d;
-    v.array() = o.beta2 * v.array() + (1.0f - o.beta2) * d.square();
 }
 
 }  // namespace
@@ -258,28 +253,34 @@ void Adam::update(std::size_t k, const Group& group) {
     const std::int64_t t = ++param_steps_[k];
 
     // Weight decay: AdamW shrinks the weights; Adam adds the L2 gradient (p before update).
+    float l2 = 0.0f;
     if (decoupled_) {
         if (group.weight_decay != 0.0f)
             p *= static_cast<float>(1.0 - static_cast<double>(group.lr) * group.weight_decay);
-        adam_moments(m, v, g.array(), opts_);
-    } else if (group.weight_decay != 0.0f) {
-        adam_moments(m, v, g.array() + group.weight_decay * p.array(), opts_);
     } else {
-        adam_moments(m, v, g.array(), opts_);
+        l2 = group.weight_decay;
     }
-
     const double bias1 = 1.0 - std::pow(static_cast<double>(opts_.beta1), static_cast<double>(t));
     const double bias2 = 1.0 - std::pow(static_cast<double>(opts_.beta2), static_cast<double>(t));
-    const float step_size = static_cast<float>(group.lr / bias1);
-    const float bias2_sqrt = static_cast<float>(std::sqrt(bias2));
-    const float eps = opts_.eps;
-    if (opts_.amsgrad) {
-        Matrix& v_max = slots[2];
-        v_max = v_max.cwiseMax(v);
-        p.array() -= step_size * (m.array() / (v_max.array().sqrt() / bias2_sqrt + eps));
-    } else {
-        p.array() -= step_size * (m.array() / (v.array().sqrt() / bias2_sqrt + eps));
-    }
+    adam_step({.p = p.data(),
+               .m = m.data(),
+               .v = v.data(),
+               .v_max = opts_.amsgrad ? slots[2].data() : nullptr,
+               .g = g.data(),
+               .n = p.size(),
+               .beta1 = opts_.beta1,
+               .beta2 = opts_.beta2,
+               .l2 = l2,
+               .step_size = static_cast<float>(group.lr / bias1),
+               .bias2_sqrt = static_cast<float>(std::sqrt(bias2)),
+               .eps = opts_.eps});
+}
+
+void adam_step(const AdamStepArgs& args) {
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
+    if (cpu_runs_avx2_kernels()) return adam_step_avx2(args);
+#endif
+    adam_step_generic(args);
 }
 
 AdamW::AdamW(std::vector<Var> params, const AdamWOptions& opts)

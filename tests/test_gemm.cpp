@@ -91,7 +91,7 @@ TEST_CASE("gemm: the generic variant matches a double reference for every transp
     check_kernel(gemm_generic);
 }
 
-#ifdef EDGETUNE_HAVE_GEMM_AVX2
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
 TEST_CASE("gemm: the AVX2+FMA variant matches a double reference, where the CPU has it") {
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
         MESSAGE("this CPU has no AVX2+FMA: the variant is compiled but cannot run here");
