@@ -835,7 +835,8 @@ int main_impl(int argc, char** argv) {
 
     if (!json)
         fmt::print(
-            "edgetune_bench: {} {} ({}), SIMD {}, matmul {}, Eigen threads {}, OpenMP {}{}\n",
+            "edgetune_bench: {} {} ({}), SIMD {}, matmul+Adam kernels {}, Eigen threads {}, OpenMP "
+            "{}{}\n",
             EDGETUNE_BENCH_COMPILER, EDGETUNE_BENCH_FLAGS, EDGETUNE_BENCH_BUILDTYPE, simd_in_use(),
             matmul_kernel(), Eigen::nbThreads(), openmp_enabled() ? "on" : "off",
             budget.tiny ? ", tiny (no timing meaning)" : "");
