@@ -1,42 +1,45 @@
 // adam_kernel.cpp — one adam_step variant; compiled once per instruction set (meson.build).
 //
-// NOTE: the AVX2 copy renames Eigen's namespace so none of its template instances is merged
-// with the generic copy's by the linker (autograd/gemm_kernel.cpp explains; the build suite's
-// symbol check covers this object too). Only Eigen may be used here.
+// A plain loop, not Eigen: Eigen's packet sqrt is an approximation (EIGEN_FAST_MATH: rsqrt and
+// one Newton step) while its scalar sqrt is exact, and Eigen runs the first elements of an
+// array whose address is not packet-aligned one at a time. With AVX2's 32-byte packets and
+// malloc's 16-byte alignment, the same step then rounded differently from run to run. Here
+// every element goes through the same correctly rounded operations (IEEE mul, add, div, sqrt;
+// -fno-math-errno lets GCC vectorize sqrt, -ffp-contract=off keeps it from fusing), so the
+// bits depend neither on alignment nor on which elements the vectorizer peels.
 #ifdef EDGETUNE_KERNEL_AVX2
-#define Eigen edgetune_eigen_avx2
 #define EDGETUNE_ADAM_NAME adam_step_avx2
 #else
 #define EDGETUNE_ADAM_NAME adam_step_generic
 #endif
 
-#include <Eigen/Core>
+#include <cmath>
 
 #include "adam_kernel.hpp"
 
 namespace edgetune {
 
 void EDGETUNE_ADAM_NAME(const AdamStepArgs& a) {
-    using Array = Eigen::Array<float, Eigen::Dynamic, 1>;
-    // Chunks of 1024 elements (4 KiB per array): the three passes below stay in L1.
-    constexpr std::ptrdiff_t chunk = 1024;
-    for (std::ptrdiff_t at = 0; at < a.n; at += chunk) {
-        const std::ptrdiff_t len = a.n - at < chunk ? a.n - at : chunk;
-        Eigen::Map<Array> p(a.p + at, len), m(a.m + at, len), v(a.v + at, len);
-        const Eigen::Map<const Array> g(a.g + at, len);
-        if (a.l2 != 0.0f) {
-            m = a.beta1 * m + (1.0f - a.beta1) * (g + a.l2 * p);
-            v = a.beta2 * v + (1.0f - a.beta2) * (g + a.l2 * p).square();
-        } else {
-            m = a.beta1 * m + (1.0f - a.beta1) * g;
-            v = a.beta2 * v + (1.0f - a.beta2) * g.square();
+    float* __restrict p = a.p;
+    float* __restrict m = a.m;
+    float* __restrict v = a.v;
+    float* __restrict v_max = a.v_max;
+    const float* __restrict g = a.g;
+    const float b1 = a.beta1, b2 = a.beta2, c1 = 1.0f - a.beta1, c2 = 1.0f - a.beta2;
+    if (v_max == nullptr) {
+        for (std::ptrdiff_t i = 0; i < a.n; ++i) {
+            const float d = g[i] + a.l2 * p[i];
+            m[i] = b1 * m[i] + c1 * d;
+            v[i] = b2 * v[i] + c2 * (d * d);
+            p[i] -= a.step_size * (m[i] / (std::sqrt(v[i]) / a.bias2_sqrt + a.eps));
         }
-        if (a.v_max != nullptr) {
-            Eigen::Map<Array> v_max(a.v_max + at, len);
-            v_max = v_max.max(v);
-            p -= a.step_size * (m / (v_max.sqrt() / a.bias2_sqrt + a.eps));
-        } else {
-            p -= a.step_size * (m / (v.sqrt() / a.bias2_sqrt + a.eps));
+    } else {
+        for (std::ptrdiff_t i = 0; i < a.n; ++i) {
+            const float d = g[i] + a.l2 * p[i];
+            m[i] = b1 * m[i] + c1 * d;
+            v[i] = b2 * v[i] + c2 * (d * d);
+            v_max[i] = v_max[i] < v[i] ? v[i] : v_max[i];
+            p[i] -= a.step_size * (m[i] / (std::sqrt(v_max[i]) / a.bias2_sqrt + a.eps));
         }
     }
 }

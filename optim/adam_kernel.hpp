@@ -3,7 +3,6 @@
 // Adam's sqrt and division per element made it a third of an MLP head's step at SSE2 width;
 // like the matrix product (autograd/gemm.hpp), adam_kernel.cpp is compiled once per
 // instruction set and adam_step() calls the best one the CPU has (common/cpu.hpp).
-// NOTE: no Eigen here: the variants see Eigen under different namespaces.
 #pragma once
 
 #include <cstddef>

@@ -108,3 +108,43 @@ TEST_CASE("gemm: the dispatched kernel is a known variant and computes the produ
     // The same choice on every call in a process.
     CHECK(std::string(matmul_kernel()) == name);
 }
+
+// The same product at every address alignment gives the same bits: malloc guarantees 16 bytes,
+// not AVX2's 32, so an alignment-dependent path would make training results change from run
+// to run (found as a flaky determinism test in the personalize suite).
+TEST_CASE("gemm: results do not depend on the operands' address alignment") {
+    for (const Case& c : all_cases()) {
+        CAPTURE(c.trans_a);
+        CAPTURE(c.trans_b);
+        CAPTURE(c.accumulate);
+        CAPTURE(c.m);
+        CAPTURE(c.n);
+        CAPTURE(c.k);
+        const std::vector<float> a = random_floats(c.m * c.k, 4), b = random_floats(c.k * c.n, 5);
+        const std::vector<float> c0 = random_floats(c.m * c.n, 6);
+        std::vector<float> first;
+        for (std::size_t offset = 0; offset < 8; ++offset) {
+            // Copies of the operands starting `offset` floats into fresh buffers.
+            std::vector<float> sa(a.size() + 8), sb(b.size() + 8), sc(c0.size() + 8);
+            std::copy(a.begin(), a.end(), sa.begin() + static_cast<std::ptrdiff_t>(offset));
+            std::copy(b.begin(), b.end(), sb.begin() + static_cast<std::ptrdiff_t>(offset));
+            std::copy(c0.begin(), c0.end(), sc.begin() + static_cast<std::ptrdiff_t>(offset));
+            gemm({.trans_a = c.trans_a,
+                  .trans_b = c.trans_b,
+                  .m = c.m,
+                  .n = c.n,
+                  .k = c.k,
+                  .a = sa.data() + offset,
+                  .b = sb.data() + offset,
+                  .c = sc.data() + offset,
+                  .accumulate = c.accumulate});
+            const std::vector<float> out(sc.begin() + static_cast<std::ptrdiff_t>(offset),
+                                         sc.begin() + static_cast<std::ptrdiff_t>(offset) +
+                                             static_cast<std::ptrdiff_t>(c0.size()));
+            if (offset == 0)
+                first = out;
+            else
+                CHECK_MESSAGE(out == first, "offset " << offset << " floats");
+        }
+    }
+}
