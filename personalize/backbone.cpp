@@ -2,10 +2,18 @@
 //
 // A backbone file is encode_checkpoint() of a Checkpoint with kind "backbone", the
 // architecture in attrs and the weights in tensors (FORMAT.md describes the envelope).
+//
+// features() does not run the autograd net: it runs the net's weights through frozen_dense
+// (frozen_kernel.hpp), whose result for a sample does not depend on the batch the sample
+// arrives in (BackboneNet::forward, built on matrix products, does not promise that).
+// Training the backbone still uses the net.
+#include <cassert>
 #include <cmath>
 #include <cstdio>
 #include <string>
 
+#include "cpu.hpp"
+#include "frozen_kernel.hpp"
 #include "personalize.hpp"
 
 namespace edgetune {
@@ -137,6 +145,76 @@ std::int64_t parameter_count(const BackboneConfig& c) {
     return total;
 }
 
+// ---- frozen inference -------------------------------------------------------------------
+//
+// features() runs the net's layers through frozen_dense (frozen_kernel.hpp: batch-invariant,
+// one instruction-set variant per process), each followed by the activation applied one element
+// at a time by one scalar function, so the same bits wherever the element sits.
+// NOTE: not through the net's matrix products, whose rounding depends on the batch shape: a
+// sample's features (and so the validation split, the trained head, exact unlearning and
+// determinism) must not depend on the batch it was added in, and predict() must see the
+// features training saw.
+namespace frozen {
+
+// x [n x in], w [in x out], b [1 x out] -> x w + b [n x out], each row computed as if alone.
+Matrix dense(const Matrix& x, const Matrix& w, const Matrix& b) {
+    assert(x.cols() == w.rows() && b.rows() == 1 && b.cols() == w.cols());
+    Matrix out(x.rows(), w.cols());
+    const FrozenDenseArgs args{.rows = x.rows(),
+                               .depth = x.cols(),
+                               .width = w.cols(),
+                               .x = x.data(),
+                               .w = w.data(),
+                               .b = b.data(),
+                               .out = out.data()};
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
+    if (cpu_runs_avx2_kernels()) {
+        frozen_dense_avx2(args);
+        return out;
+    }
+#endif
+    frozen_dense_generic(args);
+    return out;
+}
+
+float activate(float v, Activation a) {
+    switch (a) {
+        case Activation::relu:
+            return v > 0.0f ? v : 0.0f;
+        case Activation::leaky_relu:
+            return v > 0.0f ? v : v * 0.01f;  // leaky_relu()'s default slope, as ActivationLayer
+        case Activation::tanh:
+            return std::tanh(v);
+        case Activation::sigmoid:
+            return 1.0f / (1.0f + std::exp(-v));
+        case Activation::gelu:
+            return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+    }
+    return v;
+}
+
+// In place, one element at a time.
+void activate(Matrix& m, Activation a) {
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = activate(m.data()[i], a);
+}
+
+// The net's layers: x [n x in] -> features [n x F]. `params` as named_parameters() lists them:
+// ["embed.weight" for token inputs], then per hidden layer "mlp.<i>.weight" [in x out] and
+// "mlp.<i>.bias" [1 x out], starting at params[first]; every layer is followed by the
+// activation (mlp(..., {.final_activation = true})).
+Matrix layers(const std::vector<Var>& params, std::size_t first, const Matrix& x, Activation act) {
+    assert(params.size() >= first + 2 && (params.size() - first) % 2 == 0);
+    Matrix h = dense(x, params[first].value(), params[first + 1].value());
+    activate(h, act);
+    for (std::size_t i = first + 2; i < params.size(); i += 2) {
+        h = dense(h, params[i].value(), params[i + 1].value());
+        activate(h, act);
+    }
+    return h;
+}
+
+}  // namespace frozen
+
 }  // namespace
 
 // ---- BackboneNet -----------------------------------------------------------------------
@@ -254,33 +332,31 @@ Matrix Backbone::features(const Matrix& inputs) const {
             if (!std::isfinite(inputs(i, j)))
                 fail("input row " + std::to_string(i) + " column " + std::to_string(j) + " is " +
                      std::to_string(inputs(i, j)));
-    NoGrad no_grad;
-    if (inputs.rows() <= 1) return net_->forward(inputs).value();
-    // NOTE: one row at a time. A batched product takes Eigen's GEMM path, whose rounding
-    // differs from the single-row path: a sample's features (and so the validation split, the
-    // trained head, exact unlearning and determinism) must not depend on the batch it was
-    // added in, and predict() must see the features training saw.
-    Matrix out(inputs.rows(), feature_dim());
-    for (Index i = 0; i < inputs.rows(); ++i)
-        out.row(i) = net_->forward(Matrix(inputs.row(i))).value();
-    return out;
+    return frozen::layers(net_->parameters(), 0, inputs, config().activation);
 }
 
 Matrix Backbone::features(const IdList& tokens) const {
-    NoGrad no_grad;
-    const auto len = static_cast<std::size_t>(config().input.size);
-    if (config().input.kind != InputSpec::Kind::token_sequence || tokens.size() <= len ||
-        tokens.size() % len != 0)
-        return net_->forward(tokens).value();  // one sequence, or the error naming the problem
-    // One sequence at a time, as above.
+    const BackboneConfig& c = config();
+    if (c.input.kind != InputSpec::Kind::token_sequence)
+        fail("this backbone takes float vectors, not token sequences");
+    const auto len = static_cast<std::size_t>(c.input.size);
+    if (tokens.empty() || tokens.size() % len != 0)
+        fail(std::to_string(tokens.size()) + " token ids is not a whole number of sequences of " +
+             std::to_string(len));
+    const std::vector<Var> params = net_->parameters();
+    const Matrix& table = params[0].value();  // [vocab x E]
+    // Embedding gather: sequence i is row i, its L embeddings side by side [n x L*E].
     const auto n = static_cast<Index>(tokens.size() / len);
-    Matrix out(n, feature_dim());
-    for (Index i = 0; i < n; ++i) {
-        const auto at =
-            tokens.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(i) * len);
-        out.row(i) = net_->forward(IdList(at, at + static_cast<std::ptrdiff_t>(len))).value();
+    Matrix x(n, c.input.size * c.embed_dim);
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+        if (tokens[i] < 0 || tokens[i] >= table.rows())
+            fail("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                 " is outside the vocabulary [0, " + std::to_string(table.rows()) + ")");
+        const auto row = static_cast<Index>(i / len);
+        const auto col = static_cast<Index>(i % len) * c.embed_dim;
+        x.row(row).segment(col, c.embed_dim) = table.row(tokens[i]);
     }
-    return out;
+    return frozen::layers(params, 1, x, c.activation);
 }
 
 Matrix Backbone::features(std::span<const Sample> samples) const {

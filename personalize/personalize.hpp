@@ -78,8 +78,8 @@ public:
     void save(const std::string& path) const;
 
     // floats [n x D] -> [n x F]. Throws InvalidArgument for a token backbone, a wrong width,
-    // or NaN/Inf (naming the row and column). Rows are computed one at a time: a sample's
-    // features are the same bits whatever batch it comes in.
+    // or NaN/Inf (naming the row and column). Batch-invariant: a sample's features are the
+    // same bits whatever batch it comes in (close to, not bitwise, BackboneNet::forward).
     Matrix features(const Matrix& inputs) const;
     // tokens [n*L] -> [n x F]. Throws InvalidArgument for ids outside [0, vocab).
     Matrix features(const IdList& tokens) const;

@@ -1,7 +1,8 @@
-// test_personalize.cpp — the personalize module: Backbone (frozen features, file format, bad
-// input), heads, Personalizer (open/reopen, add, predict, evaluate, guarded training, replay,
-// budgets, cancellation, crash safety, exact unlearning, backbone upgrades, determinism) and a
-// small learning check on real data (Fashion-MNIST enrollment of new classes).
+// test_personalize.cpp — the personalize module: the frozen_dense kernel (every compiled
+// variant), Backbone (frozen features, file format, bad input), heads, Personalizer (open/reopen,
+// add, predict, evaluate, guarded training, replay, budgets, cancellation, crash safety, exact
+// unlearning, backbone upgrades, determinism) and a small learning check on real data
+// (Fashion-MNIST enrollment of new classes).
 //
 // Data is generated (Gaussian clusters through small random backbones) so the suite runs in
 // seconds; the Fashion-MNIST case reads a slice of /usr/share/datasets/fashion-mnist.
@@ -13,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
+#include "frozen_kernel.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -125,6 +127,49 @@ struct Fixture {
 // epochs of Adam at 1e-3, barely move a random head; the guard may then see noise).
 const TrainOptions quick{.epochs = 10, .optimizer = AdamOptions{.lr = 0.02f}};
 
+// Every activation a backbone can use.
+constexpr Activation all_activations[] = {Activation::relu, Activation::leaky_relu,
+                                          Activation::tanh, Activation::sigmoid, Activation::gelu};
+
+double activate_double(double v, Activation a) {
+    switch (a) {
+        case Activation::relu:
+            return v > 0.0 ? v : 0.0;
+        case Activation::leaky_relu:
+            return v > 0.0 ? v : 0.01 * v;
+        case Activation::tanh:
+            return std::tanh(v);
+        case Activation::sigmoid:
+            return 1.0 / (1.0 + std::exp(-v));
+        case Activation::gelu:
+            return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    }
+    return v;
+}
+
+// The net's dense layers in double: x [n x in] -> [n x F]. `params` as named_parameters()
+// lists them: [embed.weight], then weight [in x out] and bias [1 x out] per layer.
+Eigen::MatrixXd reference_layers(const std::vector<Var>& params, std::size_t first,
+                                 Eigen::MatrixXd x, Activation act) {
+    for (std::size_t i = first; i < params.size(); i += 2) {
+        const Eigen::MatrixXd w = params[i].value().cast<double>();
+        const Eigen::RowVectorXd b = params[i + 1].value().cast<double>().row(0);
+        Eigen::MatrixXd y = x * w;
+        y.rowwise() += b;
+        x = y.unaryExpr([act](double v) { return activate_double(v, act); });
+    }
+    return x;
+}
+
+// Rows of a and b hold the same bits.
+bool same_bits(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& b) {
+    if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+    for (Index i = 0; i < a.rows(); ++i)
+        if (std::memcmp(a.row(i).data(), b.row(i).data(), sizeof(float) * a.cols()) != 0)
+            return false;
+    return true;
+}
+
 std::vector<std::uint8_t> read_bytes(const std::string& path) {
     return read_file(path, 1 << 26);
 }
@@ -143,9 +188,80 @@ void write_bytes(const std::string& path, const std::vector<std::uint8_t>& b) {
     } while (0)
 
 // =======================================================================================
+// frozen_dense: the kernel behind Backbone::features, every compiled variant
+
+namespace {
+
+// Each row of a batch equals that row alone, bit for bit (1..17 rows at every offset: every
+// tile height), for widths that leave wide tiles, one-packet tiles and a padded tail (1, 5, 13,
+// 33, 70 against 4- and 8-float packets); and every output lies within the error bound of an
+// in-order float sum: |got - exact| <= gamma_(K+1) * (|b| + sum_k |x_k w_k|), with
+// gamma_m = m u / (1 - m u), fused or not.
+void check_frozen_variant(void (*kernel)(const FrozenDenseArgs&)) {
+    for (Index depth : {1, 7, 300})
+        for (Index width : {1, 5, 13, 33, 70}) {
+            CAPTURE(depth);
+            CAPTURE(width);
+            Rng rng(static_cast<std::uint64_t>(depth * 100 + width));
+            Matrix x(17, depth), w(depth, width), b(1, width);
+            for (Matrix* m : {&x, &w, &b})
+                for (Index i = 0; i < m->size(); ++i) m->data()[i] = rng.normal();
+            auto run = [&](Index start, Index n) {
+                Matrix out(n, width);
+                kernel({.rows = n,
+                        .depth = depth,
+                        .width = width,
+                        .x = x.row(start).data(),
+                        .w = w.data(),
+                        .b = b.data(),
+                        .out = out.data()});
+                return out;
+            };
+            Matrix alone(17, width);
+            for (Index i = 0; i < 17; ++i) alone.row(i) = run(i, 1);
+            for (Index n = 1; n <= 17; ++n)
+                for (Index start = 0; start + n <= 17; ++start) {
+                    CAPTURE(n);
+                    CAPTURE(start);
+                    CHECK(same_bits(run(start, n), alone.middleRows(start, n)));
+                }
+            const Eigen::MatrixXd xd = x.cast<double>(), wd = w.cast<double>();
+            const Eigen::RowVectorXd bd = b.cast<double>().row(0);
+            const Eigen::MatrixXd exact = (xd * wd).rowwise() + bd;
+            const Eigen::MatrixXd scale = (xd.cwiseAbs() * wd.cwiseAbs()).rowwise() + bd.cwiseAbs();
+            const double u = std::ldexp(1.0, -24);
+            const double m = static_cast<double>(depth + 1);
+            const double gamma = m * u / (1.0 - m * u);
+            for (Index i = 0; i < 17; ++i)
+                for (Index j = 0; j < width; ++j)
+                    CHECK_MESSAGE(std::abs(alone(i, j) - exact(i, j)) <= gamma * scale(i, j),
+                                  "row " << i << " col " << j << ": " << alone(i, j) << " vs "
+                                         << exact(i, j));
+        }
+}
+
+}  // namespace
+
+TEST_CASE("frozen_dense: the generic variant is batch-invariant and within the float-sum bound") {
+    check_frozen_variant(frozen_dense_generic);
+}
+
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
+TEST_CASE(
+    "frozen_dense: the AVX2+FMA variant is batch-invariant and within the bound, where the "
+    "CPU has it") {
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
+        MESSAGE("this CPU has no AVX2+FMA: the variant is compiled but cannot run here");
+        return;
+    }
+    check_frozen_variant(frozen_dense_avx2);
+}
+#endif
+
+// =======================================================================================
 // Backbone
 
-TEST_CASE("Backbone: frozen features are a plain Matrix equal to the net's forward") {
+TEST_CASE("Backbone: frozen features are a plain Matrix matching the net's forward") {
     static_assert(
         std::is_same_v<decltype(std::declval<const Backbone&>().features(Matrix())), Matrix>,
         "frozen is a type boundary: features() returns a Matrix, never a Var");
@@ -165,7 +281,10 @@ TEST_CASE("Backbone: frozen features are a plain Matrix equal to the net's forwa
         NoGrad no_grad;
         expected = net.forward(x).value();
     }
-    CHECK(f == expected);
+    // Close, not bitwise: features() runs the batch-invariant frozen kernel, the net runs
+    // Eigen's products (their rounding depends on the batch shape and the build's FMA).
+    CHECK((f - expected).cwiseAbs().maxCoeff() <=
+          1e-5f * std::max(1.0f, expected.cwiseAbs().maxCoeff()));
     // freeze() copies: changing the net afterwards does not change the backbone.
     net.parameters()[0].value_mut().setZero();
     CHECK(bb->features(x) == f);
@@ -399,6 +518,90 @@ TEST_CASE("Backbone: token sequences are embedded and flattened") {
         p->train({.epochs = 30, .batch = 16, .optimizer = AdamOptions{.lr = 0.05f}});
     CHECK(report.outcome == TrainReport::Outcome::committed);
     CHECK(accuracy(*p, data) > 0.9);
+}
+
+TEST_CASE("Backbone: batch invariance holds for every tile shape and remainder") {
+    // Batches of 1..17 rows at every offset, through odd widths: every row-tile height, wide
+    // and one-packet column tiles, and the padded last columns (5, 13, 33, 70 are not
+    // multiples of the 4-, 8- or 16-float packets). Each row must equal that row alone.
+    const Matrix x = [] {
+        Rng rng(17);
+        Matrix m(17, 37);
+        for (Index i = 0; i < m.size(); ++i) m.data()[i] = rng.normal();
+        return m;
+    }();
+    for (Activation act : all_activations) {
+        CAPTURE(static_cast<int>(act));
+        Rng rng(8);
+        BackboneNet net(
+            {.input = InputSpec::float_vector(37), .hidden = {70, 33, 13, 5}, .activation = act},
+            rng);
+        auto bb = Backbone::freeze(net);
+        Matrix alone(17, 5);
+        for (Index i = 0; i < 17; ++i) alone.row(i) = bb->features(Matrix(x.row(i)));
+        for (Index n = 1; n <= 17; ++n)
+            for (Index start = 0; start + n <= 17; ++start) {
+                CAPTURE(n);
+                CAPTURE(start);
+                const Matrix f = bb->features(Matrix(x.middleRows(start, n)));
+                CHECK(same_bits(f, alone.middleRows(start, n)));
+            }
+    }
+}
+
+TEST_CASE("Backbone: frozen features match a double-precision reference, every activation") {
+    for (Activation act : all_activations) {
+        CAPTURE(static_cast<int>(act));
+        Rng rng(12);
+        BackboneNet net(
+            {.input = InputSpec::float_vector(37), .hidden = {70, 33, 13, 5}, .activation = act},
+            rng);
+        auto bb = Backbone::freeze(net);
+        Matrix x(11, 37);
+        for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.normal();
+        const Matrix f = bb->features(x);
+        const Eigen::MatrixXd want = reference_layers(net.parameters(), 0, x.cast<double>(), act);
+        const double err = (f.cast<double>() - want).cwiseAbs().maxCoeff();
+        CHECK_MESSAGE(err <= 1e-5 * std::max(1.0, want.cwiseAbs().maxCoeff()), err);
+    }
+}
+
+TEST_CASE("Backbone: the token path is batch-invariant and matches a double reference") {
+    Rng rng(21);
+    const BackboneConfig config{.input = InputSpec::token_sequence(3),
+                                .vocab = 29,
+                                .embed_dim = 5,
+                                .hidden = {33, 13},
+                                .activation = Activation::gelu};
+    BackboneNet net(config, rng);
+    auto bb = Backbone::freeze(net);
+    IdList tokens(17 * 3);
+    for (auto& t : tokens) t = static_cast<std::int32_t>(rng.below(29));
+    auto sequences = [&](std::size_t start, std::size_t n) {
+        return IdList(tokens.begin() + static_cast<std::ptrdiff_t>(3 * start),
+                      tokens.begin() + static_cast<std::ptrdiff_t>(3 * (start + n)));
+    };
+    Matrix alone(17, 13);
+    for (Index i = 0; i < 17; ++i)
+        alone.row(i) = bb->features(sequences(static_cast<std::size_t>(i), 1));
+    for (std::size_t n = 1; n <= 17; ++n)
+        for (std::size_t start = 0; start + n <= 17; ++start) {
+            CAPTURE(n);
+            CAPTURE(start);
+            const Matrix f = bb->features(sequences(start, n));
+            CHECK(same_bits(f, alone.middleRows(static_cast<Index>(start), static_cast<Index>(n))));
+        }
+    // Reference: the embedding rows of each sequence side by side, then the layers in double.
+    const auto params = net.parameters();
+    const Matrix& table = params[0].value();
+    Eigen::MatrixXd x(17, 15);
+    for (Index i = 0; i < 17; ++i)
+        for (Index t = 0; t < 3; ++t)
+            x.row(i).segment(5 * t, 5) =
+                table.row(tokens[static_cast<std::size_t>(3 * i + t)]).cast<double>();
+    const Eigen::MatrixXd want = reference_layers(params, 1, x, config.activation);
+    const double err = (alone.cast<double>() - want).cwiseAbs().maxCoeff();
+    CHECK_MESSAGE(err <= 1e-5 * std::max(1.0, want.cwiseAbs().maxCoeff()), err);
 }
 
 // =======================================================================================
