@@ -4,7 +4,8 @@
 // SQL constant in sql.cpp (every statement is prepared once per connection). Stmt borrows a
 // cached statement for one use and resets it on scope exit. TxGuard is the transaction guard
 // used by every multi-statement write. Db::check() is the one place that turns SQLite result
-// codes into StorageError.
+// codes into StorageError. A writable store's Db may also own a Checkpointer (db.cpp): WAL
+// checkpoints on a thread of its own.
 #pragma once
 
 #include "error.hpp"
@@ -13,12 +14,15 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 
 namespace edgetune::detail {
+
+class Checkpointer;
 
 class Db {
 public:
@@ -53,7 +57,14 @@ public:
     void begin_read(std::string_view what);
     void end_read() noexcept;
 
+    // Moves this connection's WAL checkpoints to a thread with its own connection to the same
+    // file (Checkpointer in db.cpp); the WAL is rewound at about `wal_frames`. Call once, after
+    // the file is in WAL mode; `sync_full` is the store's synchronous level (FULL, else NORMAL),
+    // which the checkpoints keep.
+    void checkpoint_in_background(bool sync_full, int wal_frames);
+
 private:
+    std::unique_ptr<Checkpointer> checkpointer_;  // stopped before handle_ closes
     sqlite3* handle_ = nullptr;
     std::unordered_map<const char*, sqlite3_stmt*> statements_;
     int depth_ = 0;

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <bit>
 #include <charconv>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -187,14 +188,27 @@ void validate_options(const StoreOptions& o, std::string_view op) {
         throw InvalidArgument(fmt::format("[{}] cache_bytes {} is negative", op, o.cache_bytes));
     if (o.max_pages < 0)
         throw InvalidArgument(fmt::format("[{}] max_pages {} is negative", op, o.max_pages));
+    if (o.checkpoint_bytes < 1)
+        throw InvalidArgument(
+            fmt::format("[{}] checkpoint_bytes {} must be >= 1", op, o.checkpoint_bytes));
 }
 
-// Throws InvalidArgument "[op] <field>..." for the first problem; `field` prefixes the field
-// name ("samples[3]." in a batch).
+// True if no value is NaN or Inf. No early exit, so the loop vectorizes: this runs on every
+// value of every sample added, and the offending index is only searched for when it fails.
+bool all_finite(std::span<const float> values) {
+    std::uint32_t non_finite = 0;
+    for (float v : values)
+        non_finite |= (std::bit_cast<std::uint32_t>(v) & 0x7f800000u) == 0x7f800000u;
+    return non_finite == 0;
+}
+
+// Throws InvalidArgument "[op] <field>..." for the first problem. In a batch, `index` >= 0
+// prefixes the field name ("samples[3].input[7] is NaN").
 void validate_sample(const Sample& s, const StoreOptions& o, std::string_view op,
-                     std::string_view field) {
+                     std::ptrdiff_t index) {
     auto fail = [&](const std::string& what) {
-        throw InvalidArgument(fmt::format("[{}] {}{}", op, field, what));
+        throw InvalidArgument(index < 0 ? fmt::format("[{}] {}", op, what)
+                                        : fmt::format("[{}] samples[{}].{}", op, index, what));
     };
     const auto declared = static_cast<std::size_t>(o.input.size);
     if (o.input.kind == InputSpec::Kind::float_vector) {
@@ -202,17 +216,19 @@ void validate_sample(const Sample& s, const StoreOptions& o, std::string_view op
         if (s.input.size() != declared)
             fail(fmt::format("input has {} values; the store declares {}", s.input.size(),
                              declared));
-        for (std::size_t i = 0; i < s.input.size(); ++i)
-            if (!std::isfinite(s.input[i]))
-                fail(fmt::format("input[{}] is {}", i, nan_or_inf(s.input[i])));
+        if (!all_finite(s.input))
+            for (std::size_t i = 0; i < s.input.size(); ++i)
+                if (!std::isfinite(s.input[i]))
+                    fail(fmt::format("input[{}] is {}", i, nan_or_inf(s.input[i])));
     } else {
         if (!s.input.empty()) fail("input given to a token_sequence store (use tokens)");
         if (s.tokens.size() != declared)
             fail(
                 fmt::format("tokens has {} ids; the store declares {}", s.tokens.size(), declared));
-        for (std::size_t i = 0; i < s.tokens.size(); ++i)
-            if (s.tokens[i] < 0)
-                fail(fmt::format("tokens[{}] is {} (must be >= 0)", i, s.tokens[i]));
+        if (!s.tokens.empty() && std::ranges::min(s.tokens) < 0)
+            for (std::size_t i = 0; i < s.tokens.size(); ++i)
+                if (s.tokens[i] < 0)
+                    fail(fmt::format("tokens[{}] is {} (must be >= 0)", i, s.tokens[i]));
     }
     if (o.label.kind == LabelSpec::Kind::classes) {
         if (s.label < 0 || s.label >= o.label.size)
@@ -224,9 +240,10 @@ void validate_sample(const Sample& s, const StoreOptions& o, std::string_view op
         if (s.target.size() != static_cast<std::size_t>(o.label.size))
             fail(fmt::format("target has {} values; the store declares {}", s.target.size(),
                              o.label.size));
-        for (std::size_t i = 0; i < s.target.size(); ++i)
-            if (!std::isfinite(s.target[i]))
-                fail(fmt::format("target[{}] is {}", i, nan_or_inf(s.target[i])));
+        if (!all_finite(s.target))
+            for (std::size_t i = 0; i < s.target.size(); ++i)
+                if (!std::isfinite(s.target[i]))
+                    fail(fmt::format("target[{}] is {}", i, nan_or_inf(s.target[i])));
     }
     if (!std::isfinite(s.weight)) fail(fmt::format("weight is {}", nan_or_inf(s.weight)));
     if (s.weight < 0) fail(fmt::format("weight {} is negative", s.weight));
@@ -494,6 +511,16 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
                 throw StorageError(fmt::format("[{}] cannot switch to WAL journal mode", op));
         }
         migrate(db, options, op);
+        // Checkpoints: see StoreOptions::checkpoint_bytes and Checkpointer in db.cpp. Files made
+        // before the 16 KiB page size have smaller pages, hence more frames for the same bytes.
+        const std::int64_t page_bytes =
+            std::max<std::int64_t>(scalar(db, sql::get_page_size, op), 512);
+        const int frames = static_cast<int>(
+            std::clamp<std::int64_t>(options.checkpoint_bytes / page_bytes, 1, INT_MAX / 2));
+        if (options.background_checkpoints)
+            db.checkpoint_in_background(options.durability == Durability::full, frames);
+        else
+            db.exec(sql::wal_autocheckpoint_prefix + std::to_string(frames), op);
     }
 
     const std::string wanted = describe(options.input, options.label);
@@ -512,14 +539,14 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
 
 std::int64_t SampleStore::add(const Sample& sample) {
     constexpr std::string_view op = "sample_store.add";
-    validate_sample(sample, impl_->options, op, "");
+    validate_sample(sample, impl_->options, op, -1);
     return insert_samples(impl_->db, impl_->options, std::span(&sample, 1), op).front();
 }
 
 std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples) {
     constexpr std::string_view op = "sample_store.add_batch";
     for (std::size_t i = 0; i < samples.size(); ++i)
-        validate_sample(samples[i], impl_->options, op, fmt::format("samples[{}].", i));
+        validate_sample(samples[i], impl_->options, op, static_cast<std::ptrdiff_t>(i));
     return insert_samples(impl_->db, impl_->options, samples, op);
 }
 

@@ -19,6 +19,8 @@ inline constexpr char synchronous_full[] = "PRAGMA synchronous = FULL";
 inline constexpr char max_page_count_prefix[] = "PRAGMA max_page_count = ";
 inline constexpr char cache_size_kib_prefix[] = "PRAGMA cache_size = ";  // negative: KiB
 inline constexpr char page_size_16k[] = "PRAGMA page_size = 16384";
+inline constexpr char get_page_size[] = "PRAGMA page_size";
+inline constexpr char wal_autocheckpoint_prefix[] = "PRAGMA wal_autocheckpoint = ";  // frames
 inline constexpr char integrity_check[] = "PRAGMA integrity_check";
 inline constexpr char foreign_key_check[] = "PRAGMA foreign_key_check";
 

@@ -10,7 +10,8 @@
 // anything is written), CorruptData (bytes read back fail validation), StorageError (SQLite or
 // the file system refused). Blobs are little-endian float32 / int32 on every platform.
 // A SampleStore is used by one thread at a time; open a second SampleStore on the same file
-// for another thread (SQLite's WAL lets one writer and many readers work concurrently).
+// for another thread (SQLite's WAL lets one writer and many readers work concurrently). A
+// writable store starts one thread of its own for WAL checkpoints (StoreOptions).
 #pragma once
 
 #include "error.hpp"
@@ -133,6 +134,16 @@ struct StoreOptions {
     std::int64_t max_pages =
         0;                   // 0 = unlimited; else PRAGMA max_page_count (simulates a full disk)
     bool read_only = false;  // open an existing store without write access
+    // When the write-ahead log holds this many bytes it is checkpointed (its pages copied into
+    // the database file, with an fsync before and after) and then reused from its start. The
+    // default is 1000 pages of 16 KiB, SQLite's default auto-checkpoint.
+    std::int64_t checkpoint_bytes = 1000 * 16384;
+    // true: a thread of this store, with its own connection, copies the WAL in rounds of a
+    // quarter of checkpoint_bytes while commits go on; at checkpoint_bytes the committing thread
+    // copies the little that is left (the WAL may reach 2x while a round ends). false: the commit
+    // that crosses checkpoint_bytes copies all of it and waits for both fsyncs (SQLite's
+    // auto-checkpoint; no thread). Either way a commit survives exactly what `durability` says.
+    bool background_checkpoints = true;
 };
 
 // One stored sample. `id` and (if 0) `created_at` are assigned by add().

@@ -10,10 +10,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <numeric>
 #include <set>
 #include <string>
+#include <thread>
 
 using namespace edgetune;
 using namespace edgetune_test;
@@ -569,4 +571,85 @@ TEST_CASE("durability is per connection; a FULL store reads back like a NORMAL o
     }
     SampleStore normal = SampleStore::open(db.path, image_options());
     CHECK(normal.get(id)->label == 2);
+}
+
+// --- WAL checkpoints ---------------------------------------------------------------------------
+
+namespace {
+
+std::uintmax_t file_bytes(const std::string& path) {
+    std::error_code ec;
+    const std::uintmax_t n = std::filesystem::file_size(path, ec);
+    return ec ? 0 : n;
+}
+
+// 20 samples of 784 floats: 4 pages of 16 KiB of rows plus the pages of the indexes, meta, ...
+std::vector<Sample> wide_batch(int seed) {
+    std::vector<Sample> batch;
+    for (int i = 0; i < 20; ++i)
+        batch.push_back(image_sample(static_cast<float>(seed + i), i % 10, 784));
+    return batch;
+}
+
+constexpr std::uintmax_t wal_frame_bytes = 16384 + 24;  // a page and its frame header
+
+}  // namespace
+
+TEST_CASE("background checkpoints fill the database file and bound the WAL of a busy writer") {
+    TempDb db("checkpoints");
+    StoreOptions o = image_options(784, 10);
+    o.checkpoint_bytes = 256 << 10;  // 16 frames: a round every 4
+    std::uintmax_t max_wal = 0;
+    {
+        SampleStore store = SampleStore::open(db.path, o);
+        for (int i = 0; i < 200; ++i) {  // ~2,400 frames of WAL if nothing were copied
+            store.add_batch(wide_batch(i));
+            max_wal = std::max(max_wal, file_bytes(db.path + "-wal"));
+        }
+        // The writer has the WAL rewound at checkpoint_bytes, at 2x if a round is still running;
+        // one more batch (~12 frames) may be on top.
+        CHECK(max_wal <= (2 * 16 + 32) * wal_frame_bytes);
+        // 4,000 rows of 3 KiB (12 MiB) reached the database file while the store was open.
+        CHECK(file_bytes(db.path) > (8u << 20));
+        CHECK(store.integrity_check() == "ok");
+    }
+    SampleStore reopened = SampleStore::open(db.path, o);
+    CHECK(reopened.count() == 4000);
+    CHECK(reopened.get(4000)->input == wide_batch(199).back().input);
+}
+
+TEST_CASE("a background round copies the WAL while the writer is idle") {
+    TempDb db("checkpoint-idle");
+    StoreOptions o = image_options(784, 10);
+    o.checkpoint_bytes = 4 << 20;  // 256 frames: a round every 64
+    SampleStore store = SampleStore::open(db.path, o);
+    for (int i = 0; i < 8; ++i) store.add_batch(wide_batch(i));  // ~100 frames: one round
+    // The writer never copies below 256 frames, and nothing calls the store from here on: only
+    // its own thread can grow the database file.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (file_bytes(db.path) < (256u << 10) && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    CHECK(file_bytes(db.path) >= (256u << 10));
+    CHECK(file_bytes(db.path + "-wal") > 0);  // a PASSIVE round copies; it never truncates
+    CHECK(store.count() == 160);
+}
+
+TEST_CASE("checkpoints on the committing thread when background_checkpoints is off") {
+    TempDb db("checkpoint-writer");
+    StoreOptions o = image_options(784, 10);
+    o.checkpoint_bytes = 256 << 10;
+    o.background_checkpoints = false;
+    SampleStore store = SampleStore::open(db.path, o);
+    std::uintmax_t max_wal = 0;
+    for (int i = 0; i < 50; ++i) {
+        store.add_batch(wide_batch(i));
+        max_wal = std::max(max_wal, file_bytes(db.path + "-wal"));
+    }
+    CHECK(max_wal <= (16 + 32) * wal_frame_bytes);
+    CHECK(file_bytes(db.path) > (2u << 20));  // 1,000 rows of 3 KiB, all but the last frames
+    CHECK(store.count() == 1000);
+    CHECK(store.integrity_check() == "ok");
+    o.checkpoint_bytes = 0;
+    CHECK(contains(thrown<InvalidArgument>([&] { SampleStore::open(db.path, o); }),
+                   "checkpoint_bytes 0 must be >= 1"));
 }

@@ -320,8 +320,12 @@ TEST_CASE("a read-only store reads and refuses writes with StorageError") {
 
 namespace {
 
+// The WAL is rewound every 64 frames (~10 commits) and copied in the background every 16: kills
+// also land in background checkpoints and in the writer's rewinds.
 StoreOptions kill_options() {
-    return image_options(16);
+    StoreOptions o = image_options(16);
+    o.checkpoint_bytes = 1 << 20;
+    return o;
 }
 
 // Runs in the forked child: opens its own connection, then adds samples, batches and
@@ -429,7 +433,10 @@ TEST_CASE("kill test: SIGKILL at random moments loses no acknowledged sample") {
 
 TEST_CASE("two writers and a reader on separate connections lose nothing and never see BUSY") {
     TempDb db("threads");
-    { SampleStore::open(db.path, image_options()); }
+    // Small checkpoints: both writers' background checkpoints and rewinds run all the time.
+    StoreOptions options = image_options();
+    options.checkpoint_bytes = 64 << 10;
+    { SampleStore::open(db.path, options); }
     std::mutex mutex;
     std::vector<std::string> errors;
     std::vector<std::int64_t> ids_a, ids_b;
@@ -445,12 +452,12 @@ TEST_CASE("two writers and a reader on separate connections lose nothing and nev
         };
     };
     std::thread a(guarded([&] {
-        SampleStore store = SampleStore::open(db.path, image_options());
+        SampleStore store = SampleStore::open(db.path, options);
         for (int i = 0; i < 200; ++i)
             ids_a.push_back(store.add(image_sample(static_cast<float>(i), 0)));
     }));
     std::thread b(guarded([&] {
-        SampleStore store = SampleStore::open(db.path, image_options());
+        SampleStore store = SampleStore::open(db.path, options);
         for (int i = 0; i < 20; ++i) {
             Transaction tx = store.transaction();
             const std::vector<std::int64_t> ids =
@@ -461,7 +468,7 @@ TEST_CASE("two writers and a reader on separate connections lose nothing and nev
         }
     }));
     std::thread reader(guarded([&] {
-        SampleStore store = SampleStore::open(db.path, image_options());
+        SampleStore store = SampleStore::open(db.path, options);
         std::int64_t last = 0;
         std::vector<Sample> page;
         while (writing) {
@@ -479,7 +486,7 @@ TEST_CASE("two writers and a reader on separate connections lose nothing and nev
     writing = false;
     reader.join();
     for (const std::string& e : errors) FAIL_CHECK(e);
-    SampleStore store = SampleStore::open(db.path, image_options());
+    SampleStore store = SampleStore::open(db.path, options);
     CHECK(store.count() == 400);
     CHECK(store.get_meta("b.batches") == "20");
     std::vector<std::int64_t> all = ids_a;
