@@ -61,6 +61,12 @@ double worst_error(void (*kernel)(const GemmArgs&), const Case& c) {
     return worst;
 }
 
+std::string describe(const Case& c) {
+    return std::string(c.trans_a ? "A^T" : "A") + (c.trans_b ? " B^T" : " B") +
+           (c.accumulate ? " accumulate" : " assign") + " m=" + std::to_string(c.m) +
+           " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k);
+}
+
 std::vector<Case> all_cases() {
     std::vector<Case> cases;
     for (const auto& [m, n, k] : {std::array<std::ptrdiff_t, 3>{1, 1, 1},
@@ -75,12 +81,7 @@ std::vector<Case> all_cases() {
 
 void check_kernel(void (*kernel)(const GemmArgs&)) {
     for (const Case& c : all_cases()) {
-        CAPTURE(c.trans_a);
-        CAPTURE(c.trans_b);
-        CAPTURE(c.accumulate);
-        CAPTURE(c.m);
-        CAPTURE(c.n);
-        CAPTURE(c.k);
+        INFO(describe(c));
         CHECK(worst_error(kernel, c) < 1e-5);
     }
 }
@@ -114,12 +115,7 @@ TEST_CASE("gemm: the dispatched kernel is a known variant and computes the produ
 // to run (found as a flaky determinism test in the personalize suite).
 TEST_CASE("gemm: results do not depend on the operands' address alignment") {
     for (const Case& c : all_cases()) {
-        CAPTURE(c.trans_a);
-        CAPTURE(c.trans_b);
-        CAPTURE(c.accumulate);
-        CAPTURE(c.m);
-        CAPTURE(c.n);
-        CAPTURE(c.k);
+        INFO(describe(c));
         const std::vector<float> a = random_floats(c.m * c.k, 4), b = random_floats(c.k * c.n, 5);
         const std::vector<float> c0 = random_floats(c.m * c.n, 6);
         std::vector<float> first;
