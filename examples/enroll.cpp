@@ -27,6 +27,7 @@
 //               [--validation FRACTION]
 //
 // The backbone is trained by pretrain.cpp, the code path of examples/train_backbone.
+#include "args.hpp"
 #include "pretrain.hpp"
 #include "svg.hpp"
 
@@ -121,34 +122,29 @@ int main(int argc, char** argv) try {
     float lr = 0.0f, base_lr = 0.0f, temperature = 0.1f;
     bool balance = true;
     float validation = 0.0f;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw edgetune::InvalidArgument(arg + " needs a value");
-            return argv[++i];
-        };
-        if (arg == "--small") {
+    for (examples::Args a(argc, argv); a.next();) {
+        if (a.is("--small")) {
             small = true;
-        } else if (arg == "--json") {
+        } else if (a.is("--json")) {
             json = true;
-        } else if (arg == "--backbone") {
-            backbone_path = value();
-        } else if (arg == "--out-dir") {
-            out_dir = value();
-        } else if (arg == "--episodes") {
-            episodes = std::atoi(value().c_str());
-        } else if (arg == "--epochs") {
-            enroll_epochs = std::atoi(value().c_str());
-        } else if (arg == "--lr") {
-            lr = std::strtof(value().c_str(), nullptr);
-        } else if (arg == "--temperature") {
-            temperature = std::strtof(value().c_str(), nullptr);
-        } else if (arg == "--balance") {
-            balance = value() != "0";
-        } else if (arg == "--validation") {
-            validation = std::strtof(value().c_str(), nullptr);
-        } else if (arg == "--base-lr") {
-            base_lr = std::strtof(value().c_str(), nullptr);
+        } else if (a.is("--backbone")) {
+            backbone_path = a.text();
+        } else if (a.is("--out-dir")) {
+            out_dir = a.text();
+        } else if (a.is("--episodes")) {
+            episodes = a.integer();
+        } else if (a.is("--epochs")) {
+            enroll_epochs = a.integer();
+        } else if (a.is("--lr")) {
+            lr = a.real();
+        } else if (a.is("--temperature")) {
+            temperature = a.real();
+        } else if (a.is("--balance")) {
+            balance = a.text() != "0";
+        } else if (a.is("--validation")) {
+            validation = a.real();
+        } else if (a.is("--base-lr")) {
+            base_lr = a.real();
         } else {
             std::fprintf(stderr,
                          "usage: enroll [--backbone PATH] [--out-dir DIR] [--episodes N] "

@@ -20,6 +20,7 @@
 //               [--validation FRACTION] [--small]
 //
 // The backbone is trained by pretrain.cpp, the code path of examples/train_backbone.
+#include "args.hpp"
 #include "pretrain.hpp"
 #include "svg.hpp"
 
@@ -67,24 +68,19 @@ int main(int argc, char** argv) try {
     std::int64_t replay_size = 0;
     float validation = 0.0f;
     int epochs = 10;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw edgetune::InvalidArgument(arg + " needs a value");
-            return argv[++i];
-        };
-        if (arg == "--small") {
+    for (examples::Args a(argc, argv); a.next();) {
+        if (a.is("--small")) {
             small = true;
-        } else if (arg == "--backbone") {
-            backbone_path = value();
-        } else if (arg == "--out-dir") {
-            out_dir = value();
-        } else if (arg == "--replay") {
-            replay_size = std::atoll(value().c_str());
-        } else if (arg == "--epochs") {
-            epochs = std::atoi(value().c_str());
-        } else if (arg == "--validation") {
-            validation = std::strtof(value().c_str(), nullptr);
+        } else if (a.is("--backbone")) {
+            backbone_path = a.text();
+        } else if (a.is("--out-dir")) {
+            out_dir = a.text();
+        } else if (a.is("--replay")) {
+            replay_size = a.integer64();
+        } else if (a.is("--epochs")) {
+            epochs = a.integer();
+        } else if (a.is("--validation")) {
+            validation = a.real();
         } else {
             std::fprintf(stderr,
                          "usage: replay [--backbone PATH] [--out-dir DIR] [--replay N] "

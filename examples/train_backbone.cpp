@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "args.hpp"
 #include "pretrain.hpp"
 #include "svg.hpp"
 
@@ -34,23 +35,18 @@ int main(int argc, char** argv) try {
     BackboneTraining opts;
     bool small = false;
     bool epochs_set = false;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw edgetune::InvalidArgument(arg + " needs a value");
-            return argv[++i];
-        };
-        if (arg == "--small") {
+    for (examples::Args a(argc, argv); a.next();) {
+        if (a.is("--small")) {
             small = true;
-        } else if (arg == "--out") {
-            out = value();
-        } else if (arg == "--classes") {
-            opts.classes = parse_classes(value());
-        } else if (arg == "--epochs") {
-            opts.epochs = std::atoi(value().c_str());
+        } else if (a.is("--out")) {
+            out = a.text();
+        } else if (a.is("--classes")) {
+            opts.classes = parse_classes(a.text());
+        } else if (a.is("--epochs")) {
+            opts.epochs = a.integer();
             epochs_set = true;
-        } else if (arg == "--seed") {
-            opts.seed = std::strtoull(value().c_str(), nullptr, 10);
+        } else if (a.is("--seed")) {
+            opts.seed = std::strtoull(a.text().c_str(), nullptr, 10);
         } else {
             std::fprintf(stderr,
                          "usage: train_backbone [--out PATH] [--classes 0-5] [--epochs N] "
