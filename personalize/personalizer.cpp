@@ -13,6 +13,7 @@
 #include <numeric>
 #include <thread>
 
+#include "fp_mode.hpp"
 #include "head.hpp"
 #include "personalize.hpp"
 
@@ -737,6 +738,7 @@ Personalizer::~Personalizer() = default;
 
 std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
                                                  const PersonalizerOptions& options) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     const char* op = "Personalizer.open";
     if (!options.backbone) fail(op, "no backbone given");
     if (options.head.outputs <= 0)
@@ -790,6 +792,7 @@ std::int64_t Personalizer::add(const Sample& sample) {
 }
 
 std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     if (samples.empty()) fail("Personalizer.add", "empty batch");
     // Features first: a wrong width or NaN is rejected before anything is written.
     const Matrix features = impl_->backbone().features(samples);
@@ -815,6 +818,7 @@ std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
 }
 
 std::vector<Prediction> Personalizer::predict(const Sample& input, int k) const {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     if (!impl_->spec().classifies()) fail("predict", "a regression head: use regress()");
     if (k <= 0) fail("predict", "k = " + std::to_string(k) + " must be > 0");
     const Matrix f = impl_->backbone().features(std::span<const Sample>(&input, 1));
@@ -836,6 +840,7 @@ std::vector<Prediction> Personalizer::predict(const Sample& input, int k) const 
 }
 
 std::vector<float> Personalizer::regress(const Sample& input) const {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     if (impl_->spec().classifies()) fail("regress", "a classification head: use predict()");
     const Matrix f = impl_->backbone().features(std::span<const Sample>(&input, 1));
     const Matrix out = impl_->current_head()->infer(f);
@@ -843,6 +848,7 @@ std::vector<float> Personalizer::regress(const Sample& input) const {
 }
 
 Metrics Personalizer::evaluate(std::span<const Sample> samples) const {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     Dataset d;
     d.features = impl_->backbone().features(samples);
     std::vector<std::size_t> rows(samples.size());
@@ -871,11 +877,13 @@ Metrics Personalizer::evaluate(std::span<const Sample> samples) const {
 }
 
 TrainReport Personalizer::train(const TrainOptions& options) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     std::lock_guard lock(impl_->train_mu);
     return impl_->run(options, Impl::Mode::incremental);
 }
 
 TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainOptions& retrain) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     validate_train_options(retrain);
     std::lock_guard train_lock(impl_->train_mu);
     bool used = false;
