@@ -829,21 +829,10 @@ int cmd_forget(const Args& args) {
 int cmd_export(const Args& args) {
     const std::string out = args.require("out");
     Opened o = open_db(args, false);
-    Checkpoint c;
-    c.kind = "head";
-    const HeadSpec spec = head_option(args, classes_option(args));
-    c.attrs = {{"head", args.get("head").value_or("linear")},
-               {"classes", std::to_string(spec.outputs)},
-               {"feature_dim", std::to_string(o.backbone->feature_dim())},
-               {"normalize", spec.normalize ? "1" : "0"},
-               {"backbone_digest", o.backbone->digest()}};
-    c.tensors = o.personalizer->head_parameters();
+    // The library's own head checkpoint (storage/FORMAT.md), decoded here only to print it.
+    const std::vector<std::uint8_t> bytes = o.personalizer->head_checkpoint();
+    const Checkpoint c = decode_checkpoint(bytes);
     const auto trained = o.personalizer->store().latest_checkpoint(CheckpointKind::trained);
-    if (trained && trained->info.backbone_digest == o.backbone->digest()) {
-        c.step = trained->info.step;
-        c.metrics = trained->info.metrics;
-    }
-    const std::vector<std::uint8_t> bytes = encode_checkpoint(c);
     write_file_atomic(out, bytes);
     std::printf("wrote %s: %zu bytes, step %lld, tensors", out.c_str(), bytes.size(),
                 static_cast<long long>(c.step));

@@ -256,6 +256,8 @@ public:
     std::optional<TrainReport> last_upgrade() const;
     // The committed head's parameters, in stable order (for export and tests).
     std::vector<std::pair<std::string, Matrix>> head_parameters() const;
+    // The committed head as a head checkpoint (storage/FORMAT.md): what `edgetune export` writes.
+    std::vector<std::uint8_t> head_checkpoint() const;
     // The store, for apps that want to inspect or manage samples directly. Not thread-safe:
     // do not use while a background training runs.
     SampleStore& store();

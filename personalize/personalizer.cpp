@@ -14,6 +14,7 @@
 #include <numeric>
 
 #include "detail/head.hpp"
+#include "detail/head_checkpoint.hpp"
 #include "detail/training.hpp"
 #include "personalize.hpp"
 
@@ -21,6 +22,7 @@ namespace edgetune {
 
 using detail::Clock;
 using detail::Dataset;
+using detail::head_spec_string;
 
 namespace {
 
@@ -34,19 +36,6 @@ const char* const meta_retrain_pending = "personalize.retrain_pending";
 
 [[noreturn]] void fail(const char* op, const std::string& message) {
     throw InvalidArgument(std::string("[") + op + "] " + message);
-}
-
-// The head spec as recorded in meta and checkpoints, readable in error messages:
-// "linear outputs=10 hidden=[] temperature=0.1 normalize=0".
-std::string head_spec_string(const HeadSpec& h) {
-    static const char* kinds[] = {"linear", "mlp", "prototype", "regression"};
-    std::string hidden;
-    for (Index v : h.hidden) hidden += (hidden.empty() ? "" : ",") + std::to_string(v);
-    char t[32];
-    std::snprintf(t, sizeof t, "%.9g", static_cast<double>(h.temperature));
-    return std::string(kinds[static_cast<int>(h.kind)]) + " outputs=" + std::to_string(h.outputs) +
-           " hidden=[" + hidden + "] temperature=" + t +
-           " normalize=" + std::to_string(h.normalize);
 }
 
 // A run reads through its own connection while add() may write through the app's: a
@@ -154,49 +143,36 @@ struct Personalizer::Impl {
     std::vector<std::uint8_t> encode(const Head& head, const OptimizerState& opt, std::int64_t step,
                                      const std::vector<bool>& seen, const Rng& rng,
                                      const std::string& metrics) const {
-        Checkpoint c;
-        c.kind = "head";
-        std::string seen_str;
-        for (bool b : seen) seen_str += b ? '1' : '0';
-        c.attrs = {{"head", head_spec_string(spec())},
-                   {"backbone_digest", digest},
-                   {"seen_classes", seen_str}};
-        c.tensors = head.tensors();
-        c.optimizer = opt;
-        c.step = step;
-        c.rng = rng.state();
-        c.metrics = metrics;
-        return encode_checkpoint(c);
+        return detail::encode_head_checkpoint(head, digest, opt, step, seen, rng, metrics);
     }
 
     HeadState decode(const StoredCheckpoint& stored) const {
-        Checkpoint c = decode_checkpoint(stored.payload);
-        HeadState s;
-        s.head = new_head(0);
+        detail::HeadCheckpoint c = detail::decode_head_checkpoint(stored.payload, spec().outputs);
+        HeadState s{.head = new_head(0),
+                    .optimizer = std::move(c.optimizer),
+                    .step = c.step,
+                    .seen = std::move(c.seen)};
         s.head->load(c.tensors);
-        s.optimizer = std::move(c.optimizer);
-        s.step = c.step;
-        s.seen.assign(static_cast<std::size_t>(spec().outputs), false);
-        for (const auto& [k, v] : c.attrs)
-            if (k == "seen_classes")
-                for (std::size_t i = 0; i < v.size() && i < s.seen.size(); ++i)
-                    s.seen[i] = v[i] == '1';
         return s;
     }
 
-    // The head to continue from: the newest trained checkpoint of this backbone, else base.
-    HeadState load_current(const SampleStore& st) const {
+    // The committed head's checkpoint: the newest trained one of this backbone, else the base.
+    StoredCheckpoint current_checkpoint(const SampleStore& st) const {
         auto trained = st.latest_checkpoint(CheckpointKind::trained);
-        if (trained && trained->info.backbone_digest == digest) return decode(*trained);
-        return load_base(st);
+        if (trained && trained->info.backbone_digest == digest) return std::move(*trained);
+        return base_checkpoint(st);
     }
 
-    HeadState load_base(const SampleStore& st) const {
+    StoredCheckpoint base_checkpoint(const SampleStore& st) const {
         auto base = st.latest_checkpoint(CheckpointKind::base);
         if (!base || base->info.backbone_digest != digest)
             throw CorruptData("[Personalizer] no base checkpoint for backbone " + digest);
-        return decode(*base);
+        return std::move(*base);
     }
+
+    // The head to continue from.
+    HeadState load_current(const SampleStore& st) const { return decode(current_checkpoint(st)); }
+    HeadState load_base(const SampleStore& st) const { return decode(base_checkpoint(st)); }
 
     void save_base(SampleStore& st) {
         auto head = new_head(options.seed);
@@ -576,6 +552,11 @@ std::optional<TrainReport> Personalizer::last_upgrade() const {
 
 std::vector<std::pair<std::string, Matrix>> Personalizer::head_parameters() const {
     return impl_->current_head()->tensors();
+}
+
+std::vector<std::uint8_t> Personalizer::head_checkpoint() const {
+    std::lock_guard lock(impl_->store_mu);
+    return impl_->current_checkpoint(impl_->store).payload;
 }
 
 SampleStore& Personalizer::store() {

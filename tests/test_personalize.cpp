@@ -777,6 +777,35 @@ TEST_CASE("open records digest, head and a base checkpoint; reopen resumes the c
                     InvalidArgument);
 }
 
+TEST_CASE("head_checkpoint: the committed head in the stored head-checkpoint layout") {
+    Fixture fx;
+    TempDb db("head-checkpoint");
+    auto p = Personalizer::open(db.path, options(fx.bb, HeadSpec::linear(4)));
+    auto attr = [](const Checkpoint& c, const std::string& key) {
+        for (const auto& [k, v] : c.attrs)
+            if (k == key) return v;
+        return std::string("(missing)");
+    };
+    Checkpoint base = decode_checkpoint(p->head_checkpoint());
+    CHECK(base.kind == "head");
+    CHECK(attr(base, "backbone_digest") == fx.bb->digest());
+    CHECK(attr(base, "head") == *p->store().get_meta("personalize.head"));
+    CHECK(attr(base, "seen_classes") == "0000");
+    CHECK(base.metrics == "{}");
+    CHECK(same_bytes(base.tensors, p->head_parameters()));
+    p->add(fx.train);
+    const TrainReport r = p->train(quick);
+    REQUIRE_COMMITTED(r);
+    const std::vector<std::uint8_t> bytes = p->head_checkpoint();
+    // Exactly what the store holds for the committed head.
+    CHECK(bytes == p->store().latest_checkpoint(CheckpointKind::trained)->payload);
+    const Checkpoint trained = decode_checkpoint(bytes);
+    CHECK(attr(trained, "seen_classes") == "1111");
+    CHECK(trained.step == r.steps);
+    CHECK(trained.optimizer.kind == "adam");
+    CHECK(same_bytes(trained.tensors, p->head_parameters()));
+}
+
 TEST_CASE("add validates (width, NaN, label range), stores nothing on error, caches features") {
     Fixture fx;
     TempDb db("add");
