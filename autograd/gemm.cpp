@@ -1,5 +1,5 @@
-// gemm.cpp — picks the gemm variant once per process (see gemm.hpp).
-#include "gemm.hpp"
+// gemm.cpp — picks the gemm variant once per process (see detail/gemm.hpp).
+#include "detail/gemm.hpp"
 
 #include "autograd.hpp"
 #include "cpu.hpp"

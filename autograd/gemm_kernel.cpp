@@ -15,7 +15,7 @@
 
 #include <Eigen/Core>
 
-#include "gemm.hpp"
+#include "detail/gemm.hpp"
 
 namespace edgetune {
 

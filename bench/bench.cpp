@@ -40,10 +40,10 @@
 #include <utility>
 #include <vector>
 
-#include "adam_kernel.hpp"  // private to optim/: the limit row shares its kernels
+#include "detail/adam_kernel.hpp"  // private to optim/: the limit row shares its kernels
 #include "autograd.hpp"
 #include "bench_config.hpp"
-#include "gemm.hpp"  // private to autograd/
+#include "detail/gemm.hpp"  // private to autograd/
 #include "optim.hpp"
 #ifdef EDGETUNE_BENCH_HAVE_STORAGE
 #include "storage.hpp"
@@ -241,7 +241,7 @@ Row run_head(const HeadShape& shape, const Budget& budget) {
 }
 
 // Adam with torch.optim.Adam's update (bias corrections in double, as optim/ does), through the
-// engine's own element kernel (optim/adam_kernel.hpp, AVX2+FMA chosen at run time like gemm).
+// engine's own element kernel (optim/detail/adam_kernel.hpp, AVX2+FMA chosen at run time like gemm).
 struct FusedAdam {
     Matrix m, v;
     std::int64_t t = 0;
@@ -290,7 +290,7 @@ float softmax_ce_grad(Matrix& z, const IdList& y) {
 }
 
 // dst = op(a) op(b) (op: transposed when the flag is set), through the engine's own matrix
-// kernel (autograd/gemm.hpp: AVX2+FMA chosen at run time where the CPU has it). The limit's
+// kernel (autograd/detail/gemm.hpp: AVX2+FMA chosen at run time where the CPU has it). The limit's
 // products then run on the same instructions as the engine's, so engine/limit measures what
 // the graph costs rather than which instruction set each side was compiled for.
 void product_into(Matrix& dst, const Matrix& a, bool trans_a, const Matrix& b, bool trans_b) {

@@ -15,7 +15,7 @@
 
 #include <cmath>
 
-#include "adam_kernel.hpp"
+#include "detail/adam_kernel.hpp"
 
 namespace edgetune {
 

@@ -6,7 +6,7 @@
 // FMA to contract it into. No scalar float arithmetic happens here: the last width % packet
 // columns are computed as a full packet over a zero-padded copy of W. So every path (tile
 // heights 1..6, wide and one-packet tiles, the padded tail) performs the sequence of
-// frozen_kernel.hpp per element.
+// detail/frozen_kernel.hpp per element.
 //
 // NOTE: plain `a * b + c` loops would leave the choice to GCC, which (-ffp-contract=fast, its
 // default) may fuse them into FMA in one loop and not in another. And Eigen's products round
@@ -24,7 +24,7 @@
 
 #include <Eigen/Core>
 
-#include "frozen_kernel.hpp"
+#include "detail/frozen_kernel.hpp"
 
 namespace edgetune {
 

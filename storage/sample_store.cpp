@@ -4,8 +4,8 @@
 // Every write that takes more than one statement runs under a TxGuard, so it is all or nothing
 // and joins a caller's open Transaction as a savepoint. Inputs are validated completely before
 // the first statement runs. Blobs are little-endian 4-byte values (float32 / int32).
-#include "db.hpp"
-#include "sql.hpp"
+#include "detail/db.hpp"
+#include "detail/sql.hpp"
 #include "storage.hpp"
 
 #include <fcntl.h>
@@ -252,7 +252,7 @@ void validate_sample(const Sample& s, const StoreOptions& o, std::string_view op
 
 // --- rows <-> structs ---------------------------------------------------------------------------
 
-// Reads the current row of a sample query (column order in sql.hpp), validating blob sizes.
+// Reads the current row of a sample query (column order in detail/sql.hpp), validating blob sizes.
 Sample read_sample(const Stmt& st, Fields fields, const StoreOptions& o) {
     Sample s;
     s.id = st.int64(0);

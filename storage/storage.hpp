@@ -190,7 +190,7 @@ struct RunRecord {
 };
 
 namespace detail {
-class Db;  // the SQLite connection (db.hpp, private)
+class Db;  // the SQLite connection (detail/db.hpp, private)
 }
 
 // RAII write transaction. Every store method that writes joins an open Transaction (it becomes

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
-#include "frozen_kernel.hpp"
+#include "detail/frozen_kernel.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// head_checkpoint.hpp — the head checkpoint: what a committed head is stored and exported as
+// detail/head_checkpoint.hpp — the head checkpoint: what a committed head is stored and exported as
 // (private to personalize/; the byte layout and its attrs are in storage/FORMAT.md).
 #pragma once
 

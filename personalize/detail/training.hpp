@@ -1,4 +1,4 @@
-// training.hpp — the policies of one training run, as plain functions over plain data (private
+// detail/training.hpp — the policies of one training run, as plain functions over plain data (private
 // to personalize/). Personalizer::Impl::run reads the store, then calls them in this order:
 //
 //   mark_validation  which rows are held out (rows.cpp)

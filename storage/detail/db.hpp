@@ -1,4 +1,4 @@
-// db.hpp — private RAII layer over one SQLite connection (never included by a public header).
+// detail/db.hpp — private RAII layer over one SQLite connection (never included by a public header).
 //
 // Db owns the sqlite3 handle and a cache of prepared statements keyed by the address of the
 // SQL constant in sql.cpp (every statement is prepared once per connection). Stmt borrows a

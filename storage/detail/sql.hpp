@@ -1,4 +1,4 @@
-// sql.hpp — every SQL string of storage/, and nothing else (private header).
+// detail/sql.hpp — every SQL string of storage/, and nothing else (private header).
 //
 // Each statement is an inline constant, so it has one address: Db caches its prepared form
 // keyed by that address. Parameters are ?N placeholders; PRAGMAs that take a literal value are
