@@ -277,10 +277,8 @@ void Adam::update(std::size_t k, const Group& group) {
 }
 
 void adam_step(const AdamStepArgs& args) {
-#ifdef EDGETUNE_HAVE_AVX2_KERNELS
-    if (cpu_runs_avx2_kernels()) return adam_step_avx2(args);
-#endif
-    adam_step_generic(args);
+    static const auto choice = EDGETUNE_PICK_KERNEL(adam_step);
+    choice.fn(args);
 }
 
 AdamW::AdamW(std::vector<Var> params, const AdamWOptions& opts)
