@@ -593,44 +593,26 @@ std::string utc_time(std::int64_t unix_ms) {
     return buf;
 }
 
-// The scalar after `"key":` at or after `from` in a report written by TrainReport::to_json
-// (flat keys; nested objects are reached by searching for the object's key first).
-std::optional<std::string> json_scalar(const std::string& json, const std::string& key,
-                                       std::size_t from = 0) {
-    const std::string needle = "\"" + key + "\":";
-    const auto at = json.find(needle, from);
-    if (at == std::string::npos) return std::nullopt;
-    std::size_t begin = at + needle.size();
-    if (begin < json.size() && json[begin] == '"') {
-        const auto end = json.find('"', begin + 1);
-        return json.substr(begin + 1,
-                           end == std::string::npos ? std::string::npos : end - begin - 1);
-    }
-    const auto end = json.find_first_of(",}]", begin);
-    return json.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
-}
-
+// One line of `info`'s training log: outcome, steps, validation accuracy, reason.
 std::string run_summary(const std::string& json) {
-    std::string s = json_scalar(json, "outcome").value_or("?");
-    if (const auto steps = json_scalar(json, "steps")) s += ", " + *steps + " steps";
-    auto accuracy = [&json](const char* which) -> std::optional<double> {
-        const auto at = json.find(std::string("\"") + which + "\":{");
-        if (at == std::string::npos) return std::nullopt;
-        const auto v = json_scalar(json, "accuracy", at);
-        return v ? std::optional<double>(std::strtod(v->c_str(), nullptr)) : std::nullopt;
-    };
-    const auto before = accuracy("before"), after = accuracy("after");
+    TrainReport r;
+    try {
+        r = TrainReport::from_json(json);
+    } catch (const CorruptData& e) {
+        return std::string("unreadable report: ") + e.what();
+    }
+    std::string s = outcome_name(r.outcome);
+    s += ", " + std::to_string(r.steps) + " steps";
     char buf[96];
-    if (before && after) {
-        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%% -> %.2f%%", 100.0 * *before,
-                      100.0 * *after);
+    if (r.before && r.after) {
+        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%% -> %.2f%%",
+                      100.0 * r.before->accuracy, 100.0 * r.after->accuracy);
         s += buf;
-    } else if (after) {
-        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%%", 100.0 * *after);
+    } else if (r.after) {
+        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%%", 100.0 * r.after->accuracy);
         s += buf;
     }
-    if (const auto reason = json_scalar(json, "reason"); reason && !reason->empty())
-        s += " (" + *reason + ")";
+    if (!r.reason.empty()) s += " (" + r.reason + ")";
     return s;
 }
 

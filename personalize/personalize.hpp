@@ -23,6 +23,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -203,7 +204,11 @@ struct TrainReport {
     std::optional<Metrics> before, after;  // on the validation split
     std::chrono::milliseconds duration{0};
     bool retrained_from_base = false;  // forget() / backbone upgrade
+    // One JSON object (the training log's and a checkpoint's metrics format); from_json reads
+    // what to_json wrote (NaN/Inf are written as null and read back as NaN) and throws
+    // CorruptData naming the field on anything else.
     std::string to_json() const;
+    static TrainReport from_json(std::string_view json);
 };
 
 struct Prediction {

@@ -1,7 +1,8 @@
 // test_training.cpp — the training policies of personalize/detail/training.hpp on in-memory
 // Datasets, without a database: the validation split, row selection for every replay policy,
 // the commit/rollback decision table, and the epoch loop's contract (N epochs in one call equal
-// the same epochs over several calls that carry optimizer, schedule and RNG).
+// the same epochs over several calls that carry optimizer, schedule and RNG), and the JSON of
+// TrainReport (to_json / from_json, common/json.hpp).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <tuple>
 
 #include "detail/training.hpp"
+#include "json.hpp"
 
 using namespace edgetune;
 using namespace edgetune::detail;
@@ -346,4 +348,99 @@ TEST_CASE("run_epochs: budgets and cancellation stop between steps and say why")
     CHECK(wild.steps == 0);
     for (std::size_t k = 0; k < before.size(); ++k)
         CHECK(same_bits(before[k].second, head.tensors()[k].second));
+}
+
+TEST_CASE("TrainReport: from_json reads back what to_json wrote") {
+    TrainReport r;
+    r.outcome = TrainReport::Outcome::rolled_back;
+    r.reason = "validation got worse: \"quoted\", back\\slash,\ttab";
+    r.steps = 123;
+    r.epochs = 7;
+    r.train_samples = 90;
+    r.validation_samples = 10;
+    r.loss_curve = {1.5f, 0.25f, std::nanf("")};
+    r.before = Metrics{.loss = 0.5, .accuracy = 0.75, .balanced_accuracy = 0.625, .samples = 10};
+    r.after = Metrics{.loss = INFINITY, .accuracy = 0.5, .balanced_accuracy = 0.5, .samples = 10};
+    r.duration = std::chrono::milliseconds(4321);
+    r.retrained_from_base = true;
+    const std::string json = r.to_json();
+    const TrainReport back = TrainReport::from_json(json);
+    CHECK(back.to_json() == json);
+    CHECK(back.outcome == r.outcome);
+    CHECK(back.reason == r.reason);
+    CHECK(back.steps == 123);
+    CHECK(back.epochs == 7);
+    CHECK(back.train_samples == 90);
+    CHECK(back.validation_samples == 10);
+    REQUIRE(back.loss_curve.size() == 3);
+    CHECK(back.loss_curve[1] == 0.25f);
+    CHECK(std::isnan(back.loss_curve[2]));  // written as null
+    REQUIRE(back.before);
+    CHECK(back.before->balanced_accuracy == 0.625);
+    REQUIRE(back.after);
+    CHECK(std::isnan(back.after->loss));
+    CHECK(back.duration.count() == 4321);
+    CHECK(back.retrained_from_base);
+    // No before/after: absent, not empty.
+    const TrainReport plain = TrainReport::from_json(TrainReport{}.to_json());
+    CHECK_FALSE(plain.before);
+    CHECK_FALSE(plain.after);
+    CHECK(plain.outcome == TrainReport::Outcome::nothing_to_do);
+}
+
+TEST_CASE("TrainReport: from_json refuses malformed reports, naming what is wrong") {
+    TrainReport committed;
+    committed.outcome = TrainReport::Outcome::committed;
+    committed.reason = "completed";
+    committed.steps = 3;
+    const std::string good = committed.to_json();
+    auto error = [](const std::string& json) {
+        try {
+            TrainReport::from_json(json);
+        } catch (const CorruptData& e) {
+            return std::string(e.what());
+        }
+        return std::string("(no error)");
+    };
+    auto replaced = [&](const std::string& from, const std::string& to) {
+        std::string s = good;
+        const auto at = s.find(from);
+        REQUIRE(at != std::string::npos);
+        return s.replace(at, from.size(), to);
+    };
+    CHECK(error(good) == "(no error)");
+    CHECK(error("") == "[json] unexpected end at byte 0");
+    CHECK(error(good.substr(0, good.size() - 1)).find("[json] expected '}'") == 0);
+    CHECK(error(good + "x") == "[json] trailing characters at byte " + std::to_string(good.size()));
+    CHECK(error("[1,2]") == "[TrainReport.from_json] not a JSON object");
+    CHECK(error(replaced("\"steps\":3", "\"stepz\":3")) == "[TrainReport.from_json] no \"steps\"");
+    CHECK(error(replaced("\"steps\":3", "\"steps\":-3")).find("\"steps\" = -3 is not an integer") !=
+          std::string::npos);
+    CHECK(error(replaced("\"steps\":3", "\"steps\":2.5")).find("\"steps\" = 2.5") !=
+          std::string::npos);
+    CHECK(error(replaced("\"steps\":3", "\"steps\":\"3\"")) ==
+          "[TrainReport.from_json] \"steps\" is not a number");
+    CHECK(error(replaced("committed", "comitted")) ==
+          "[TrainReport.from_json] unknown \"outcome\" \"comitted\"");
+    CHECK(error(replaced("\"loss_curve\":[]", "\"loss_curve\":{}")) ==
+          "[TrainReport.from_json] \"loss_curve\" is not an array");
+    CHECK(error(replaced("\"retrained_from_base\":false", "\"retrained_from_base\":0")) ==
+          "[TrainReport.from_json] \"retrained_from_base\" is not true or false");
+    CHECK(error(replaced("\"steps\":3", "\"steps\":3,\"steps\":4")).find("repeated key") !=
+          std::string::npos);
+    CHECK(error(replaced("completed", "bad\\q")).find("bad escape \\q") != std::string::npos);
+    CHECK(error(std::string(100, '[')).find("nesting deeper than 64") != std::string::npos);
+}
+
+TEST_CASE("json: the writer's strings and numbers parse back") {
+    const std::string text = std::string("a\"b\\c\nd\x01") + "e";
+    const Json s = parse_json(json_string(text));
+    CHECK(s.kind == Json::Kind::string);
+    CHECK(s.string == text);
+    CHECK(json_number(0.1234567) == "0.123457");
+    CHECK(json_number(12.345, 2) == "12.35");
+    CHECK(json_number(std::nan("")) == "null");
+    CHECK(json_number(-INFINITY, 2) == "null");
+    CHECK(parse_json("-1.5e3").number == -1500.0);
+    CHECK(parse_json(" {\"a\" : [true, false, null]} ").find("a")->array.size() == 3);
 }
