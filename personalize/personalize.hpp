@@ -204,6 +204,9 @@ struct TrainReport {
     std::optional<Metrics> before, after;  // on the validation split
     std::chrono::milliseconds duration{0};
     bool retrained_from_base = false;  // forget() / backbone upgrade
+    // forget() only: the ids given that were not stored, in the order given. A property of the
+    // call, not of the training run: not part of the JSON.
+    std::vector<std::int64_t> not_found{};
     // One JSON object (the training log's and a checkpoint's metrics format); from_json reads
     // what to_json wrote (NaN/Inf are written as null and read back as NaN) and throws
     // CorruptData naming the field on anything else.
@@ -254,6 +257,7 @@ public:
 
     // Deletes the samples and their features; if any was used to train the current head,
     // retrains from the base checkpoint on what remains (exact unlearning) with `retrain`.
+    // Ids that are not stored are skipped and listed in the report's not_found.
     TrainReport forget(std::span<const std::int64_t> ids, const TrainOptions& retrain = {});
 
     std::int64_t sample_count() const;

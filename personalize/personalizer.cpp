@@ -435,11 +435,13 @@ std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
     std::lock_guard lock(impl_->store_mu);
     SampleStore& st = impl_->store;
     Transaction tx = st.transaction();
-    std::vector<std::int64_t> ids = st.add_batch(samples);
+    std::vector<std::int64_t> evicted;  // ascending
+    std::vector<std::int64_t> ids = st.add_batch(samples, evicted);
     std::vector<std::int64_t> kept;
     std::vector<Index> rows;
     for (std::size_t i = 0; i < ids.size(); ++i)
-        if (ids[i] != SampleStore::not_kept && st.get(ids[i], Fields::no_input)) {
+        if (ids[i] != SampleStore::not_kept &&
+            !std::binary_search(evicted.begin(), evicted.end(), ids[i])) {
             kept.push_back(ids[i]);
             rows.push_back(static_cast<Index>(i));
         }
@@ -518,21 +520,30 @@ TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainO
     detail::validate_train_options(retrain);
     std::lock_guard train_lock(impl_->train_mu);
     bool used = false;
+    std::vector<std::int64_t> not_found;
     {
         std::lock_guard lock(impl_->store_mu);
         SampleStore& st = impl_->store;
         const std::int64_t upto = std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
-        for (std::int64_t id : ids) used = used || (id <= upto && st.get(id, Fields::no_input));
+        for (std::int64_t id : ids) {
+            const bool stored = st.get(id, Fields::no_input).has_value();
+            if (!stored) not_found.push_back(id);
+            used = used || (id <= upto && stored);
+        }
         // The deletion and the debt to retrain commit together.
         Transaction tx = st.transaction();
         st.delete_ids(ids);
         if (used) st.set_meta(meta_retrain_pending, "forget");
         tx.commit();
     }
-    if (used) return impl_->run(retrain, Impl::Mode::from_base);
     TrainReport report;
-    report.outcome = TrainReport::Outcome::nothing_to_do;
-    report.reason = "none of the forgotten samples had been trained on";
+    if (used) {
+        report = impl_->run(retrain, Impl::Mode::from_base);
+    } else {
+        report.outcome = TrainReport::Outcome::nothing_to_do;
+        report.reason = "none of the forgotten samples had been trained on";
+    }
+    report.not_found = std::move(not_found);
     return report;
 }
 

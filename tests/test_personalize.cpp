@@ -1449,6 +1449,27 @@ TEST_CASE("forget everything: the head returns to the base") {
     CHECK(same_bytes(p->head_parameters(), base));
 }
 
+TEST_CASE("forget reports the ids it did not find and deletes the others") {
+    Fixture fx;
+    TempDb db("forget-not-found");
+    auto p = Personalizer::open(db.path, options(fx.bb, HeadSpec::linear(4)));
+    const auto ids = p->add(fx.train);
+    // Nothing trained yet: nothing to retrain, still a deletion and a list of the missing.
+    const std::vector<std::int64_t> request = {ids[0], 999999, ids[1], -4};
+    TrainReport r = p->forget(request);
+    CHECK(r.outcome == TrainReport::Outcome::nothing_to_do);
+    CHECK(r.not_found == std::vector<std::int64_t>{999999, -4});
+    CHECK(p->sample_count() == static_cast<std::int64_t>(ids.size()) - 2);
+    REQUIRE_COMMITTED(p->train(quick));
+    // A retrain from base, and the not_found list of this call only.
+    const std::vector<std::int64_t> again = {ids[0], ids[2]};
+    r = p->forget(again);
+    CHECK(r.retrained_from_base);
+    CHECK(r.not_found == std::vector<std::int64_t>{ids[0]});
+    CHECK(p->sample_count() == static_cast<std::int64_t>(ids.size()) - 3);
+    CHECK(p->forget(std::vector<std::int64_t>{ids[3]}).not_found.empty());
+}
+
 TEST_CASE("a forget whose retrain did not finish is completed at the next open") {
     // Simulates a crash between the deletion and the retrain's commit: the debt is recorded
     // in the same transaction as the deletion.
