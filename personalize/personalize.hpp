@@ -4,10 +4,10 @@
 //   auto p = edgetune::Personalizer::open("user.db", {
 //       .backbone = edgetune::Backbone::load("backbone.etb"),
 //       .head = edgetune::HeadSpec::linear(10)});
-//   p.add(sample);                       // validated, stored, backbone features cached
-//   auto report = p.train({.epochs = 5});
-//   auto top3 = p.predict(input, 3);
-//   p.forget(ids);                       // delete + exact unlearning (retrain from base)
+//   p->add(sample);                      // validated, stored, backbone features cached
+//   auto report = p->train({.epochs = 5});
+//   auto top3 = p->predict(input, 3);
+//   p->forget(ids);                      // delete + exact unlearning (retrain from base)
 //
 // Frozen is a type boundary: Backbone::features() returns a Matrix, never a Var, so no gradient
 // can reach the backbone. Training epochs read cached features and never rerun the backbone.

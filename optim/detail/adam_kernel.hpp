@@ -1,4 +1,5 @@
-// detail/adam_kernel.hpp — the fused Adam/AdamW element update, picked at run time per CPU (private).
+// detail/adam_kernel.hpp — the fused Adam/AdamW element update, picked at run time per CPU
+// (private).
 //
 // Adam's sqrt and division per element made it a third of an MLP head's step at SSE2 width;
 // like the matrix product (autograd/detail/gemm.hpp), adam_kernel.cpp is compiled once per

@@ -1,5 +1,5 @@
-// detail/training.hpp — the policies of one training run, as plain functions over plain data (private
-// to personalize/). Personalizer::Impl::run reads the store, then calls them in this order:
+// detail/training.hpp — the policies of one training run, as plain functions over plain data
+// (private to personalize/). Personalizer::Impl::run reads the store, then calls them in order:
 //
 //   mark_validation  which rows are held out (rows.cpp)
 //   select_rows      which rows train: the new ones plus the replay draw (rows.cpp)
