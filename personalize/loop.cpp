@@ -10,6 +10,10 @@ namespace edgetune::detail {
 
 namespace {
 
+[[noreturn]] void fail(const char* op, const std::string& message) {
+    throw InvalidArgument(std::string("[") + op + "] " + message);
+}
+
 // One batch gathered from the Dataset. x [n x F]; y [n] (classification); t, w [n x W]
 // (regression targets and their per-sample weights); ce.sample_weights [n].
 struct Batch {
@@ -91,6 +95,33 @@ LoopStop check_budgets(const TrainLoop& loop, const TrainOptions& o, Clock::time
 }
 
 }  // namespace
+
+void validate_train_options(const TrainOptions& o) {
+    const char* op = "train";
+    if (o.epochs < 0) fail(op, "epochs = " + std::to_string(o.epochs) + " must be >= 0");
+    if (o.max_steps < 0) fail(op, "max_steps = " + std::to_string(o.max_steps) + " must be >= 0");
+    if (o.batch <= 0) fail(op, "batch = " + std::to_string(o.batch) + " must be > 0");
+    if (o.deadline.count() < 0) fail(op, "deadline must be >= 0");
+    if (!(o.clip_norm >= 0.0f))
+        fail(op, "clip_norm = " + std::to_string(o.clip_norm) + " must be >= 0");
+    if (!(o.base_pull >= 0.0f))
+        fail(op, "base_pull = " + std::to_string(o.base_pull) + " must be >= 0");
+    if (!(o.tolerance >= 0.0f))
+        fail(op, "tolerance = " + std::to_string(o.tolerance) + " must be >= 0");
+    if (!(o.label_smoothing >= 0.0f && o.label_smoothing < 1.0f))
+        fail(op, "label_smoothing = " + std::to_string(o.label_smoothing) + " outside [0, 1)");
+    if (o.replay.size < 0)
+        fail(op, "replay size = " + std::to_string(o.replay.size) + " must be >= 0");
+    if ((o.replay.kind == Replay::Kind::reservoir ||
+         o.replay.kind == Replay::Kind::class_balanced) &&
+        o.replay.size == 0)
+        fail(op, "replay size must be > 0 for reservoir and class-balanced replay");
+    // Optimizer and schedule options are checked by building them over a probe parameter:
+    // a bad lr fails here, before forget() deletes anything or a run reads the store.
+    const std::unique_ptr<Optimizer> probe =
+        make_optimizer(o.optimizer, std::vector<Var>{Var::parameter(Matrix::Zero(1, 1))});
+    make_schedule(o.schedule, *probe);
+}
 
 TrainLoop start_loop(Head& head, const TrainOptions& o, const OptimizerState* resume, Rng rng,
                      std::vector<std::size_t> rows) {

@@ -68,33 +68,6 @@ bool all_finite(const OptimizerState& s) {
 
 }  // namespace
 
-void detail::validate_train_options(const TrainOptions& o) {
-    const char* op = "train";
-    if (o.epochs < 0) fail(op, "epochs = " + std::to_string(o.epochs) + " must be >= 0");
-    if (o.max_steps < 0) fail(op, "max_steps = " + std::to_string(o.max_steps) + " must be >= 0");
-    if (o.batch <= 0) fail(op, "batch = " + std::to_string(o.batch) + " must be > 0");
-    if (o.deadline.count() < 0) fail(op, "deadline must be >= 0");
-    if (!(o.clip_norm >= 0.0f))
-        fail(op, "clip_norm = " + std::to_string(o.clip_norm) + " must be >= 0");
-    if (!(o.base_pull >= 0.0f))
-        fail(op, "base_pull = " + std::to_string(o.base_pull) + " must be >= 0");
-    if (!(o.tolerance >= 0.0f))
-        fail(op, "tolerance = " + std::to_string(o.tolerance) + " must be >= 0");
-    if (!(o.label_smoothing >= 0.0f && o.label_smoothing < 1.0f))
-        fail(op, "label_smoothing = " + std::to_string(o.label_smoothing) + " outside [0, 1)");
-    if (o.replay.size < 0)
-        fail(op, "replay size = " + std::to_string(o.replay.size) + " must be >= 0");
-    if ((o.replay.kind == Replay::Kind::reservoir ||
-         o.replay.kind == Replay::Kind::class_balanced) &&
-        o.replay.size == 0)
-        fail(op, "replay size must be > 0 for reservoir and class-balanced replay");
-    // Optimizer and schedule options are checked by building them over a probe parameter:
-    // a bad lr fails here, before forget() deletes anything or a run reads the store.
-    const std::unique_ptr<Optimizer> probe =
-        make_optimizer(o.optimizer, std::vector<Var>{Var::parameter(Matrix::Zero(1, 1))});
-    make_schedule(o.schedule, *probe);
-}
-
 // ---- Impl ------------------------------------------------------------------------------
 
 struct Personalizer::Impl {
@@ -200,31 +173,7 @@ struct Personalizer::Impl {
     }
 
     Dataset load_dataset(const SampleStore& st) const {
-        Dataset d;
-        std::vector<Sample> batch;
-        for (auto cursor = st.scan({.batch = 1024, .fields = Fields::no_input});
-             cursor.next(batch);) {
-            for (const Sample& s : batch) {
-                d.ids.push_back(s.id);
-                d.labels.push_back(s.label);
-                d.weights.push_back(s.weight);
-            }
-            if (!spec().classifies()) {
-                const Index w = spec().outputs;
-                const Index at = d.targets.rows();
-                d.targets.conservativeResize(at + static_cast<Index>(batch.size()), w);
-                for (std::size_t i = 0; i < batch.size(); ++i)
-                    d.targets.row(at + static_cast<Index>(i)) =
-                        Eigen::Map<const Eigen::RowVectorXf>(batch[i].target.data(), w);
-            }
-        }
-        d.features.resize(static_cast<Index>(d.ids.size()), backbone().feature_dim());
-        constexpr std::size_t chunk = 4096;
-        for (std::size_t at = 0; at < d.ids.size(); at += chunk) {
-            const std::size_t len = std::min(chunk, d.ids.size() - at);
-            d.features.middleRows(static_cast<Index>(at), static_cast<Index>(len)) =
-                st.get_features(digest, std::span(d.ids).subspan(at, len));
-        }
+        Dataset d = detail::read_dataset(st, spec(), digest, backbone().feature_dim());
         detail::mark_validation(d, spec(), options.seed, options.validation_fraction);
         return d;
     }
@@ -484,30 +433,10 @@ std::vector<float> Personalizer::regress(const Sample& input) const {
 }
 
 Metrics Personalizer::evaluate(std::span<const Sample> samples) const {
-    Dataset d;
-    d.features = impl_->backbone().features(samples);
+    const Dataset d =
+        detail::dataset_of(samples, impl_->backbone().features(samples), impl_->spec());
     std::vector<std::size_t> rows(samples.size());
     std::iota(rows.begin(), rows.end(), std::size_t{0});
-    const std::int64_t outputs = impl_->spec().outputs;
-    if (impl_->spec().classifies()) {
-        for (std::size_t i = 0; i < samples.size(); ++i) {
-            if (samples[i].label < 0 || samples[i].label >= outputs)
-                fail("evaluate", "label " + std::to_string(samples[i].label) + " of sample " +
-                                     std::to_string(i) + " out of range for " +
-                                     std::to_string(outputs) + " classes");
-            d.labels.push_back(samples[i].label);
-        }
-    } else {
-        d.targets.resize(static_cast<Index>(samples.size()), outputs);
-        for (std::size_t i = 0; i < samples.size(); ++i) {
-            if (static_cast<std::int64_t>(samples[i].target.size()) != outputs)
-                fail("evaluate", "sample " + std::to_string(i) + " has a target of width " +
-                                     std::to_string(samples[i].target.size()) + ", expected " +
-                                     std::to_string(outputs));
-            d.targets.row(static_cast<Index>(i)) =
-                Eigen::Map<const Eigen::RowVectorXf>(samples[i].target.data(), outputs);
-        }
-    }
     return detail::evaluate_rows(*impl_->current_head(), d, rows);
 }
 

@@ -1,6 +1,7 @@
 // detail/training.hpp — the policies of one training run, as plain functions over plain data
-// (private to personalize/). Personalizer::Impl::run reads the store, then calls them in order:
+// (private to personalize/). Personalizer::Impl::run calls them in this order:
 //
+//   read_dataset     what is stored: labels, targets, weights, cached features (dataset.cpp)
 //   mark_validation  which rows are held out (rows.cpp)
 //   select_rows      which rows train: the new ones plus the replay draw (rows.cpp)
 //   prepare_loss     prototype init, class weights, the base pull (loss.cpp)
@@ -8,13 +9,15 @@
 //                    budgets, progress (loop.cpp)
 //   decide           commit, roll back or fall back to the base head (decision.cpp)
 //
-// None of them touches the database, so each is unit-tested on a Dataset built in memory.
+// Only read_dataset touches the database; each of the others is unit-tested on a Dataset built
+// in memory (tests/test_training.cpp).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -26,7 +29,7 @@ namespace edgetune::detail {
 using Clock = std::chrono::steady_clock;
 
 // Throws InvalidArgument naming the first bad option (optimizer and schedule included), before
-// a run reads the store or forget() deletes anything (personalizer.cpp).
+// a run reads the store or forget() deletes anything (loop.cpp).
 void validate_train_options(const TrainOptions& o);
 
 // Everything stored that training reads: one row per sample, ascending id.
@@ -39,6 +42,18 @@ struct Dataset {
     Matrix features;  // [n x F]
     std::vector<bool> validation;
 };
+
+// ---- datasets (dataset.cpp) -------------------------------------------------------------------
+
+// Every stored sample (ascending id) with its cached features for `digest` [n x feature_dim];
+// validation is left empty (mark_validation sets it). Throws InvalidArgument when a sample
+// disappears between two reads (retention on another connection): the caller retries.
+Dataset read_dataset(const SampleStore& st, const HeadSpec& spec, const std::string& digest,
+                     Index feature_dim);
+
+// The caller's labelled samples with their features [n x F], for evaluation. Throws
+// InvalidArgument naming the sample whose label or target does not fit the head.
+Dataset dataset_of(std::span<const Sample> samples, Matrix features, const HeadSpec& spec);
 
 // ---- rows (rows.cpp) ------------------------------------------------------------------------
 
