@@ -23,7 +23,10 @@
 
 namespace edgetune {
 
-class Node;  // private: autograd/node.hpp
+class Node;  // private: autograd/detail/node.hpp
+namespace detail {
+struct NodeAccess;
+}
 
 // Value-semantic handle; copies share the same node. A default-constructed Var is empty.
 class Var {
@@ -54,11 +57,13 @@ public:
     // A new leaf sharing no graph with this one (value copied, requires_grad false).
     Var detach() const;
 
-    // Internal: the node, for ops and backward().
-    const std::shared_ptr<Node>& node() const { return node_; }
-    explicit Var(std::shared_ptr<Node> node) : node_(std::move(node)) {}
+    // An address naming this Var's graph node: equal for copies of one Var, different for
+    // distinct Vars. For identity checks only (a parameter listed twice); never a state key.
+    const void* identity() const { return node_.get(); }
 
 private:
+    friend struct detail::NodeAccess;  // ops and backward() reach the node (detail/node.hpp)
+    explicit Var(std::shared_ptr<Node> node) : node_(std::move(node)) {}
     std::shared_ptr<Node> node_;
 };
 

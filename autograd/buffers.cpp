@@ -12,7 +12,7 @@
 // another thread simply joins that thread's cache.
 #include <array>
 
-#include "node.hpp"
+#include "detail/node.hpp"
 
 namespace edgetune {
 

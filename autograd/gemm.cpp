@@ -1,5 +1,5 @@
-// gemm.cpp — picks the gemm variant once per process (see gemm.hpp).
-#include "gemm.hpp"
+// gemm.cpp — picks the gemm variant once per process (see detail/gemm.hpp).
+#include "detail/gemm.hpp"
 
 #include "autograd.hpp"
 #include "cpu.hpp"
@@ -8,18 +8,8 @@ namespace edgetune {
 
 namespace {
 
-struct Choice {
-    void (*fn)(const GemmArgs&);
-    const char* name;
-};
-
-const Choice& chosen() {
-    static const Choice choice = [] {
-#ifdef EDGETUNE_HAVE_AVX2_KERNELS
-        if (cpu_runs_avx2_kernels()) return Choice{gemm_avx2, "avx2+fma"};
-#endif
-        return Choice{gemm_generic, "generic"};
-    }();
+const KernelChoice<void (*)(const GemmArgs&)>& chosen() {
+    static const auto choice = EDGETUNE_PICK_KERNEL(gemm);
     return choice;
 }
 

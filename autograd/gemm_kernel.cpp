@@ -1,25 +1,14 @@
-// gemm_kernel.cpp — one gemm variant through Eigen's GEMM; compiled once per instruction set.
-//
-// Built as gemm_generic with the project's flags and, on x86-64, as gemm_avx2 with -mavx2
-// -mfma (EDGETUNE_KERNEL_AVX2). NOTE: the AVX2 copy renames Eigen's namespace. Both copies
-// instantiate the same Eigen templates; under one name the linker would keep just one of each
-// (one definition rule), and AVX2 code could end up running on a CPU without AVX2, or the AVX2
-// path could silently run generic code. Only Eigen (and no other template library) may be used
-// here, for the same reason: tests/test_gemm.cpp checks the object's weak symbols.
-#ifdef EDGETUNE_KERNEL_AVX2
-#define Eigen edgetune_eigen_avx2
-#define EDGETUNE_GEMM_NAME gemm_avx2
-#else
-#define EDGETUNE_GEMM_NAME gemm_generic
-#endif
+// gemm_kernel.cpp — one gemm variant through Eigen's GEMM; compiled once per instruction set
+// (the `kernels` table in meson.build; kernel_variant.hpp says why Eigen is renamed).
+#include "kernel_variant.hpp"  // first: renames Eigen in the AVX2 build
 
 #include <Eigen/Core>
 
-#include "gemm.hpp"
+#include "detail/gemm.hpp"
 
 namespace edgetune {
 
-void EDGETUNE_GEMM_NAME(const GemmArgs& g) {
+void EDGETUNE_KERNEL(gemm)(const GemmArgs& g) {
     using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     const Eigen::Map<const RowMajor> a(g.a, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k);
     const Eigen::Map<const RowMajor> b(g.b, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n);

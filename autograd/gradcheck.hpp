@@ -253,7 +253,7 @@ inline GradCheckResult gradcheck(const GradCheckFn& f, const std::vector<Var>& i
     {
         const Var o = f(probes);
         bool is_input = false;  // identity ops (dropout in eval) may return their input
-        for (const Var& probe : probes) is_input = is_input || o.node() == probe.node();
+        for (const Var& probe : probes) is_input = is_input || o.identity() == probe.identity();
         if (o.requires_grad() && !is_input) {
             result.message = "output requires grad under NoGrad (a graph was recorded)";
             return result;

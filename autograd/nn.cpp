@@ -2,7 +2,7 @@
 // Sequential, mlp) built on the ops of ops.cpp. Modules hold Vars; they add no ops of their own.
 #include <cmath>
 
-#include "node.hpp"
+#include "detail/node.hpp"
 
 namespace edgetune {
 

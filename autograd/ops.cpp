@@ -9,8 +9,8 @@
 #include <cmath>
 #include <initializer_list>
 
-#include "gemm.hpp"
-#include "node.hpp"
+#include "detail/gemm.hpp"
+#include "detail/node.hpp"
 
 namespace edgetune {
 
@@ -36,7 +36,7 @@ Matrix evaluate(const Eigen::MatrixBase<Expr>& e) {
     return m;
 }
 
-// op(a) op(b) [m x n] into a new buffer, or added into dst (see gemm.hpp for op()).
+// op(a) op(b) [m x n] into a new buffer, or added into dst (see detail/gemm.hpp for op()).
 GemmArgs product_args(const Matrix& a, bool trans_a, const Matrix& b, bool trans_b) {
     return {.trans_a = trans_a,
             .trans_b = trans_b,
@@ -80,10 +80,10 @@ Var make_op(Matrix value, std::initializer_list<const Var*> inputs, Backward bac
     if (needs_grad) {
         node->requires_grad = true;
         node->inputs.reserve(inputs.size());
-        for (const Var* in : inputs) node->inputs.push_back(in->node());
+        for (const Var* in : inputs) node->inputs.push_back(detail::NodeAccess::node(*in));
         node->backward_fn = std::move(backward_fn);
     }
-    return Var(std::move(node));
+    return detail::NodeAccess::wrap(std::move(node));
 }
 
 Node& in0(Node& self) {
@@ -335,7 +335,7 @@ Var concat_cols(const std::vector<Var>& parts) {
         for (const Var& p : parts) needs_grad = needs_grad || p.requires_grad();
     if (needs_grad) {
         node->requires_grad = true;
-        for (const Var& p : parts) node->inputs.push_back(p.node());
+        for (const Var& p : parts) node->inputs.push_back(detail::NodeAccess::node(p));
         node->backward_fn = [](Node& self) {
             Index off = 0;
             for (auto& in : self.inputs) {
@@ -345,7 +345,7 @@ Var concat_cols(const std::vector<Var>& parts) {
             }
         };
     }
-    return Var(std::move(node));
+    return detail::NodeAccess::wrap(std::move(node));
 }
 
 // [n x d] -> [n x count], columns [start, start + count)

@@ -1,7 +1,7 @@
 // var.cpp — Var handle, NoGrad scope and backward(): iterative topological order, reverse loop.
 #include <atomic>
 
-#include "node.hpp"
+#include "detail/node.hpp"
 
 namespace edgetune {
 
@@ -88,7 +88,7 @@ bool NoGrad::active() {
 }
 
 void backward(const Var& root, const std::optional<Matrix>& seed) {
-    Node& top = checked(root.node(), "backward()");
+    Node& top = checked(detail::NodeAccess::node(root), "backward()");
     if (seed) {
         if (seed->rows() != top.value.rows() || seed->cols() != top.value.cols())
             throw InvalidArgument("[backward] seed shape " + shape_str(*seed) +

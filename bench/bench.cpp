@@ -23,7 +23,6 @@
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <time.h>
-#include <zlib.h>
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -40,17 +39,15 @@
 #include <utility>
 #include <vector>
 
-#include "adam_kernel.hpp"  // private to optim/: the limit row shares its kernels
 #include "autograd.hpp"
 #include "bench_config.hpp"
-#include "gemm.hpp"  // private to autograd/
+#include "detail/adam_kernel.hpp"  // private to optim/: the limit row shares its kernels
+#include "detail/gemm.hpp"         // private to autograd/
+#include "fashion_mnist.hpp"
+#include "json.hpp"
 #include "optim.hpp"
-#ifdef EDGETUNE_BENCH_HAVE_STORAGE
-#include "storage.hpp"
-#endif
-#ifdef EDGETUNE_BENCH_HAVE_PERSONALIZE
 #include "personalize.hpp"
-#endif
+#include "storage.hpp"
 
 namespace edgetune::bench {
 namespace {
@@ -79,23 +76,6 @@ struct Row {
     std::string missing;  // non-empty: the row could not be measured, and why
 };
 
-std::string json_string(const std::string& s) {
-    std::string out = "\"";
-    for (char c : s) {
-        if (c == '"' || c == '\\') out += '\\';
-        if (c == '\n') {
-            out += "\\n";
-            continue;
-        }
-        out += c;
-    }
-    return out + "\"";
-}
-
-std::string json_number(double v) {
-    return std::isfinite(v) ? fmt::format("{:.6g}", v) : "null";
-}
-
 // Median, min and max of `values` (not empty).
 Row summarize(std::string name, std::string unit, std::vector<double> values) {
     std::sort(values.begin(), values.end());
@@ -111,7 +91,7 @@ Row summarize(std::string name, std::string unit, std::vector<double> values) {
 }
 
 // Value at quantile q of sorted `values` (nearest rank).
-[[maybe_unused]] double quantile(std::vector<double> values, double q) {
+double quantile(std::vector<double> values, double q) {
     std::sort(values.begin(), values.end());
     const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(values.size())));
     return values[std::min(values.size() - 1, rank == 0 ? 0 : rank - 1)];
@@ -241,7 +221,8 @@ Row run_head(const HeadShape& shape, const Budget& budget) {
 }
 
 // Adam with torch.optim.Adam's update (bias corrections in double, as optim/ does), through the
-// engine's own element kernel (optim/adam_kernel.hpp, AVX2+FMA chosen at run time like gemm).
+// engine's own element kernel (optim/detail/adam_kernel.hpp, AVX2+FMA chosen at run time like
+// gemm).
 struct FusedAdam {
     Matrix m, v;
     std::int64_t t = 0;
@@ -290,7 +271,7 @@ float softmax_ce_grad(Matrix& z, const IdList& y) {
 }
 
 // dst = op(a) op(b) (op: transposed when the flag is set), through the engine's own matrix
-// kernel (autograd/gemm.hpp: AVX2+FMA chosen at run time where the CPU has it). The limit's
+// kernel (autograd/detail/gemm.hpp: AVX2+FMA chosen at run time where the CPU has it). The limit's
 // products then run on the same instructions as the engine's, so engine/limit measures what
 // the graph costs rather than which instruction set each side was compiled for.
 void product_into(Matrix& dst, const Matrix& a, bool trans_a, const Matrix& b, bool trans_b) {
@@ -380,47 +361,26 @@ struct Images {
     std::string source;
 };
 
-std::optional<std::vector<std::uint8_t>> read_gz_prefix(const std::string& path,
-                                                        std::size_t bytes) {
-    gzFile f = gzopen(path.c_str(), "rb");
-    if (!f) return std::nullopt;
-    std::vector<std::uint8_t> out(bytes);
-    const int got = gzread(f, out.data(), static_cast<unsigned>(bytes));
-    gzclose(f);
-    if (got < 0 || static_cast<std::size_t>(got) != bytes) return std::nullopt;
-    return out;
-}
-
-std::uint32_t big_endian_u32(const std::uint8_t* p) {
-    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
-           std::uint32_t{p[3]};
-}
-
-// The first `n` training images and labels (IDX magics 0x803 / 0x801, big-endian headers).
-[[maybe_unused]] std::optional<Images> read_fashion_mnist(std::size_t n) {
-    const std::string dir = EDGETUNE_BENCH_FASHION_MNIST;
-    const auto head = read_gz_prefix(dir + "/train-images-idx3-ubyte.gz", 16);
-    if (!head || big_endian_u32(head->data()) != 0x803) return std::nullopt;
-    const std::size_t rows = big_endian_u32(head->data() + 8),
-                      cols = big_endian_u32(head->data() + 12);
-    if (big_endian_u32(head->data() + 4) < n) return std::nullopt;
-    const auto image_bytes =
-        read_gz_prefix(dir + "/train-images-idx3-ubyte.gz", 16 + n * rows * cols);
-    const auto label_bytes = read_gz_prefix(dir + "/train-labels-idx1-ubyte.gz", 8 + n);
-    if (!image_bytes || !label_bytes || big_endian_u32(label_bytes->data()) != 0x801)
-        return std::nullopt;
+// The first `n` training images and labels (examples/data: the project's one IDX reader).
+std::optional<Images> read_fashion_mnist(std::size_t n) {
+    fashion_mnist::Dataset d;
+    try {
+        d = fashion_mnist::load(fashion_mnist::Split::train,
+                                {.limit = static_cast<std::int64_t>(n)});
+    } catch (const StorageError&) {
+        return std::nullopt;  // not installed
+    }
+    if (d.size() < n) return std::nullopt;
     Images im;
     im.n = static_cast<Index>(n);
-    im.width = static_cast<Index>(rows * cols);
-    im.pixels.resize(n * rows * cols);
-    for (std::size_t i = 0; i < im.pixels.size(); ++i)
-        im.pixels[i] = static_cast<float>((*image_bytes)[16 + i]) / 255.0f;
-    for (std::size_t i = 0; i < n; ++i) im.labels.push_back((*label_bytes)[8 + i]);
+    im.width = d.images.cols();
+    im.pixels.assign(d.images.data(), d.images.data() + d.images.size());
+    im.labels = d.labels;
     im.source = "fashion-mnist";
     return im;
 }
 
-[[maybe_unused]] Images load_images(std::size_t n) {
+Images load_images(std::size_t n) {
     if (auto im = read_fashion_mnist(n)) return *im;
     Images im;  // NOTE: only when dataset-fashion-mnist is absent (e.g. a bare CI image)
     im.n = static_cast<Index>(n);
@@ -434,19 +394,18 @@ std::uint32_t big_endian_u32(const std::uint8_t* p) {
     return im;
 }
 
-[[maybe_unused]] long peak_rss_kib() {
+long peak_rss_kib() {
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
     return usage.ru_maxrss;
 }
 
-[[maybe_unused]] void remove_db(const fs::path& db) {
+void remove_db(const fs::path& db) {
     for (const char* suffix : {"", "-wal", "-shm", "-journal"})
         fs::remove(fs::path(db.string() + suffix));
 }
 
-#ifdef EDGETUNE_BENCH_HAVE_STORAGE
-[[maybe_unused]] std::vector<Sample> as_samples(const Images& im) {
+std::vector<Sample> as_samples(const Images& im) {
     std::vector<Sample> out(static_cast<std::size_t>(im.n));
     for (std::size_t i = 0; i < out.size(); ++i) {
         const float* row = im.pixels.data() + i * static_cast<std::size_t>(im.width);
@@ -537,9 +496,6 @@ std::vector<Row> run_ingest(const Budget& budget, const fs::path& dir) {
     }
     return rows;
 }
-#endif  // EDGETUNE_BENCH_HAVE_STORAGE
-
-#ifdef EDGETUNE_BENCH_HAVE_PERSONALIZE
 // ---------------------------------------------------------------------------------------
 // personalize_e2e and predict: a frozen 784->256->128 backbone, a 10-class linear head.
 
@@ -659,8 +615,6 @@ Row run_predict(const Budget& budget, const fs::path& dir) {
     remove_db(db);
     return timed_row("predict", times);
 }
-#endif  // EDGETUNE_BENCH_HAVE_PERSONALIZE
-
 // ---------------------------------------------------------------------------------------
 // size: the stripped shared library and CLI (bench/meson.build strips them next to this program).
 
@@ -682,22 +636,8 @@ Row size_row(const std::string& name, const fs::path& file) {
 
 std::vector<Row> run_size() {
     std::vector<Row> rows{size_row("size_lib", EDGETUNE_BENCH_SIZE_LIB)};
-#ifdef EDGETUNE_BENCH_SIZE_CLI
     rows.push_back(size_row("size_cli", EDGETUNE_BENCH_SIZE_CLI));
-#else
-    Row cli;
-    cli.name = "size_cli";
-    cli.missing = "no CLI target (cli/meson.build's edgetune) in this build";
-    rows.push_back(cli);
-#endif
     return rows;
-}
-
-[[maybe_unused]] Row missing_row(const std::string& name, const std::string& why) {
-    Row row;
-    row.name = name;
-    row.missing = why;
-    return row;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -714,20 +654,9 @@ std::vector<Row> run_task(const std::string& task, const Budget& budget, const f
         if (task == std::string(s.name) + "_limit") return {run_head_limit(s, budget)};
     }
     if (task == "size") return run_size();
-#ifdef EDGETUNE_BENCH_HAVE_STORAGE
     if (task == "ingest") return run_ingest(budget, dir);
-#else
-    if (task == "ingest") return {missing_row("ingest_batch", "storage/ is not built")};
-#endif
-#ifdef EDGETUNE_BENCH_HAVE_PERSONALIZE
     if (task == "personalize_e2e") return run_e2e(budget, dir, phase);
     if (task == "predict") return {run_predict(budget, dir)};
-#else
-    if (task == "personalize_e2e" || task == "predict")
-        return {missing_row(task, "personalize/ is not built")};
-#endif
-    (void)dir;
-    (void)phase;
     throw InvalidArgument("[edgetune_bench] unknown task '" + task + "'");
 }
 

@@ -17,7 +17,6 @@
 // Limits: classification heads only (linear or prototype); CSV is plain comma-separated numbers
 // (no quoting); IDX input is unsigned-byte images (scaled to [0, 1]) with unsigned-byte labels.
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <charconv>
@@ -39,6 +38,7 @@
 #include <string_view>
 #include <vector>
 
+#include "idx.hpp"
 #include "personalize.hpp"
 
 using namespace edgetune;
@@ -304,81 +304,35 @@ std::vector<std::pair<std::size_t, Sample>> read_csv(const std::string& path,
     return rows;
 }
 
-// A gzip (or plain: gzread reads both) IDX file.
-class IdxFile {
-public:
-    explicit IdxFile(std::string path)
-        : path_(std::move(path)), file_(gzopen(path_.c_str(), "rb")) {
-        if (file_ == nullptr) throw Failure("cannot open '" + path_ + "'");
-    }
-    IdxFile(const IdxFile&) = delete;
-    IdxFile& operator=(const IdxFile&) = delete;
-    ~IdxFile() { gzclose(file_); }
-
-    void read(void* out, std::size_t size, const char* what) {
-        auto* at = static_cast<unsigned char*>(out);
-        while (size > 0) {
-            const auto chunk = static_cast<unsigned>(std::min<std::size_t>(size, 1u << 30));
-            const int got = gzread(file_, at, chunk);
-            if (got <= 0) throw Failure("'" + path_ + "': short read of " + what);
-            at += got;
-            size -= static_cast<std::size_t>(got);
-        }
-    }
-    std::uint32_t u32(const char* what) {
-        unsigned char b[4];
-        read(b, 4, what);
-        return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) |
-               (std::uint32_t{b[2]} << 8) | b[3];
-    }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-    gzFile file_;
-};
-
-std::string hex(std::uint32_t v) {
-    char buf[16];
-    std::snprintf(buf, sizeof buf, "0x%08x", v);
-    return buf;
-}
-
-// IDX images (magic 0x803: u8, count, rows, cols) and labels (magic 0x801: u8, count): the
-// first `limit` (0 = all) as samples, pixels scaled to [0, 1] as examples/train_backbone does.
+// IDX images and labels (examples/data/idx.hpp): the first `limit` (0 = all) as samples,
+// pixels scaled to [0, 1] as examples/train_backbone does.
 std::vector<Sample> read_idx(const std::string& images_path, const std::string& labels_path,
                              std::int64_t limit, const Backbone& backbone, std::int64_t classes) {
     const InputSpec& in = backbone.config().input;
     if (in.kind != InputSpec::Kind::float_vector)
         throw Failure("IDX images need a backbone taking floats; this one takes " +
                       input_description(backbone));
-    IdxFile images(images_path), labels(labels_path);
-    if (const auto magic = images.u32("magic"); magic != 0x803)
-        throw Failure("'" + images_path + "' is not an IDX image file (magic " + hex(magic) + ")");
-    const std::uint32_t n_images = images.u32("count");
-    const std::uint32_t rows = images.u32("rows"), cols = images.u32("columns");
-    if (const auto magic = labels.u32("magic"); magic != 0x801)
-        throw Failure("'" + labels_path + "' is not an IDX label file (magic " + hex(magic) + ")");
-    const std::uint32_t n_labels = labels.u32("count");
-    if (n_images != n_labels)
-        throw Failure("'" + images_path + "' has " + std::to_string(n_images) + " images but '" +
-                      labels_path + "' has " + std::to_string(n_labels) + " labels");
-    const std::uint64_t pixels = std::uint64_t{rows} * cols;
+    idx::Data data;
+    try {
+        data = idx::read(images_path, labels_path, limit);
+    } catch (const Error& e) {
+        // The reader's message names the file and the field; drop its "[idx] " prefix.
+        const std::string what = e.what();
+        throw Failure(what.rfind("[idx] ", 0) == 0 ? what.substr(6) : what);
+    }
+    const std::uint64_t pixels = std::uint64_t{data.rows} * data.cols;
     if (pixels != static_cast<std::uint64_t>(in.size))
-        throw Failure("images are " + std::to_string(rows) + "x" + std::to_string(cols) + " = " +
-                      std::to_string(pixels) + " values, the backbone takes " +
+        throw Failure("images are " + std::to_string(data.rows) + "x" + std::to_string(data.cols) +
+                      " = " + std::to_string(pixels) + " values, the backbone takes " +
                       std::to_string(in.size));
-    const std::int64_t n = limit > 0 ? std::min<std::int64_t>(limit, n_images) : n_images;
     std::vector<Sample> out;
-    std::vector<unsigned char> pixel_bytes(static_cast<std::size_t>(pixels));
-    for (std::int64_t i = 0; i < n; ++i) {
+    for (std::size_t i = 0; i < data.size(); ++i) {
         Sample s;
-        images.read(pixel_bytes.data(), pixel_bytes.size(), "pixels");
-        s.input.resize(pixel_bytes.size());
-        for (std::size_t k = 0; k < pixel_bytes.size(); ++k)
-            s.input[k] = static_cast<float>(pixel_bytes[k]) / 255.0f;
-        unsigned char y = 0;
-        labels.read(&y, 1, "labels");
+        const std::uint8_t* image = data.pixels.data() + i * pixels;
+        s.input.resize(static_cast<std::size_t>(pixels));
+        for (std::size_t k = 0; k < s.input.size(); ++k)
+            s.input[k] = static_cast<float>(image[k]) / 255.0f;
+        const std::uint8_t y = data.labels[i];
         if (y >= classes)
             throw Failure("'" + labels_path + "': label " + std::to_string(y) + " of item " +
                           std::to_string(i) + " out of range for " + std::to_string(classes) +
@@ -593,44 +547,26 @@ std::string utc_time(std::int64_t unix_ms) {
     return buf;
 }
 
-// The scalar after `"key":` at or after `from` in a report written by TrainReport::to_json
-// (flat keys; nested objects are reached by searching for the object's key first).
-std::optional<std::string> json_scalar(const std::string& json, const std::string& key,
-                                       std::size_t from = 0) {
-    const std::string needle = "\"" + key + "\":";
-    const auto at = json.find(needle, from);
-    if (at == std::string::npos) return std::nullopt;
-    std::size_t begin = at + needle.size();
-    if (begin < json.size() && json[begin] == '"') {
-        const auto end = json.find('"', begin + 1);
-        return json.substr(begin + 1,
-                           end == std::string::npos ? std::string::npos : end - begin - 1);
-    }
-    const auto end = json.find_first_of(",}]", begin);
-    return json.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
-}
-
+// One line of `info`'s training log: outcome, steps, validation accuracy, reason.
 std::string run_summary(const std::string& json) {
-    std::string s = json_scalar(json, "outcome").value_or("?");
-    if (const auto steps = json_scalar(json, "steps")) s += ", " + *steps + " steps";
-    auto accuracy = [&json](const char* which) -> std::optional<double> {
-        const auto at = json.find(std::string("\"") + which + "\":{");
-        if (at == std::string::npos) return std::nullopt;
-        const auto v = json_scalar(json, "accuracy", at);
-        return v ? std::optional<double>(std::strtod(v->c_str(), nullptr)) : std::nullopt;
-    };
-    const auto before = accuracy("before"), after = accuracy("after");
+    TrainReport r;
+    try {
+        r = TrainReport::from_json(json);
+    } catch (const CorruptData& e) {
+        return std::string("unreadable report: ") + e.what();
+    }
+    std::string s = outcome_name(r.outcome);
+    s += ", " + std::to_string(r.steps) + " steps";
     char buf[96];
-    if (before && after) {
-        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%% -> %.2f%%", 100.0 * *before,
-                      100.0 * *after);
+    if (r.before && r.after) {
+        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%% -> %.2f%%",
+                      100.0 * r.before->accuracy, 100.0 * r.after->accuracy);
         s += buf;
-    } else if (after) {
-        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%%", 100.0 * *after);
+    } else if (r.after) {
+        std::snprintf(buf, sizeof buf, ", validation accuracy %.2f%%", 100.0 * r.after->accuracy);
         s += buf;
     }
-    if (const auto reason = json_scalar(json, "reason"); reason && !reason->empty())
-        s += " (" + *reason + ")";
+    if (!r.reason.empty()) s += " (" + r.reason + ")";
     return s;
 }
 
@@ -829,21 +765,10 @@ int cmd_forget(const Args& args) {
 int cmd_export(const Args& args) {
     const std::string out = args.require("out");
     Opened o = open_db(args, false);
-    Checkpoint c;
-    c.kind = "head";
-    const HeadSpec spec = head_option(args, classes_option(args));
-    c.attrs = {{"head", args.get("head").value_or("linear")},
-               {"classes", std::to_string(spec.outputs)},
-               {"feature_dim", std::to_string(o.backbone->feature_dim())},
-               {"normalize", spec.normalize ? "1" : "0"},
-               {"backbone_digest", o.backbone->digest()}};
-    c.tensors = o.personalizer->head_parameters();
+    // The library's own head checkpoint (storage/FORMAT.md), decoded here only to print it.
+    const std::vector<std::uint8_t> bytes = o.personalizer->head_checkpoint();
+    const Checkpoint c = decode_checkpoint(bytes);
     const auto trained = o.personalizer->store().latest_checkpoint(CheckpointKind::trained);
-    if (trained && trained->info.backbone_digest == o.backbone->digest()) {
-        c.step = trained->info.step;
-        c.metrics = trained->info.metrics;
-    }
-    const std::vector<std::uint8_t> bytes = encode_checkpoint(c);
     write_file_atomic(out, bytes);
     std::printf("wrote %s: %zu bytes, step %lld, tensors", out.c_str(), bytes.size(),
                 static_cast<long long>(c.step));

@@ -1,9 +1,10 @@
 // cpu.hpp — which instruction-set variant of the hot kernels this process runs.
 //
-// The matrix product (autograd/gemm_kernel.cpp) and the Adam update (optim/adam_kernel.cpp) are
-// compiled twice on x86-64: with the build's flags and with -mavx2 -mfma. This picks once per
-// process: AVX2+FMA when the build has that variant and the CPU supports it, unless
-// EDGETUNE_KERNELS=generic is set (results identical across CPUs; the generic path under test).
+// The hot kernels (the `kernels` table in the top-level meson.build: the matrix product, the
+// Adam update, the frozen dense layer) are compiled twice on x86-64: with the build's flags and
+// with -mavx2 -mfma. This picks once per process: AVX2+FMA when the build has that variant and
+// the CPU supports it, unless EDGETUNE_KERNELS=generic is set (results identical across CPUs;
+// the generic path under test).
 #pragma once
 
 #include <cstdlib>
@@ -26,5 +27,28 @@ inline bool cpu_runs_avx2_kernels() {
     }();
     return yes;
 }
+
+// A kernel variant and its name ("avx2+fma" or "generic", as the bench records it).
+template <class F>
+struct KernelChoice {
+    F fn;
+    const char* name;
+};
+
+// The variant to run: avx2 when there is one (non-null) and cpu_runs_avx2_kernels().
+template <class F>
+KernelChoice<F> pick_kernel(F generic, F avx2) {
+    if (avx2 != nullptr && cpu_runs_avx2_kernels()) return {avx2, "avx2+fma"};
+    return {generic, "generic"};
+}
+
+// pick_kernel over name_generic and name_avx2 (common/kernel_variant.hpp), where the build has
+// the AVX2 variant; elsewhere name_avx2 is not even declared.
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
+#define EDGETUNE_PICK_KERNEL(name) ::edgetune::pick_kernel(name##_generic, name##_avx2)
+#else
+#define EDGETUNE_PICK_KERNEL(name) \
+    ::edgetune::pick_kernel(name##_generic, decltype(&name##_generic){nullptr})
+#endif
 
 }  // namespace edgetune

@@ -28,6 +28,7 @@
 //
 // The backbone is trained by pretrain.cpp, the code path of examples/train_backbone.
 #include "args.hpp"
+#include "json.hpp"
 #include "pretrain.hpp"
 #include "svg.hpp"
 
@@ -107,10 +108,9 @@ struct Row {
 };
 
 std::string json_accuracy(const Accuracy& a) {
-    char buf[128];
-    std::snprintf(buf, sizeof buf, "{\"new\":%.2f,\"old\":%.2f,\"all\":%.2f}",
-                  100.0 * a.new_classes, 100.0 * a.old_classes, 100.0 * a.all);
-    return buf;
+    return "{\"new\":" + edgetune::json_number(100.0 * a.new_classes, 2) +
+           ",\"old\":" + edgetune::json_number(100.0 * a.old_classes, 2) +
+           ",\"all\":" + edgetune::json_number(100.0 * a.all, 2) + "}";
 }
 
 }  // namespace

@@ -10,9 +10,9 @@
 // The user is the `definitions` fortune file: formulaic ("Abstainer, n.: A weak person who
 // yields to the temptation of...", "X's Law: ...", dozens of quotes attributed to Ambrose
 // Bierce's "The Devil's Dictionary") and unlike the rest of the corpus, which is what a
-// head-only update can learn (DESIGN: word-level keyboards gain most on formulaic, distinctive
-// users). Its entries are split into text the user has typed (stored) and held-out text the
-// user types later (measured). General text is split the same way into training and held-out.
+// head-only update can learn (docs/design.md: word-level keyboards gain most on formulaic,
+// distinctive users). Its entries are split into text the user has typed (stored) and held-out text
+// the user types later (measured). General text is split the same way into training and held-out.
 //
 // Printed: top-1 / top-3 next-word accuracy and perplexity on the user's held-out text and on
 // general held-out text (forgetting), before and after personalization, the training report,
@@ -45,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "args.hpp"
 #include "fortunes.hpp"
 #include "personalize.hpp"
 #include "svg.hpp"
@@ -349,24 +350,29 @@ int main(int argc, char** argv) {
     std::string optimizer = "sgd";
     float lr = 0.0f;
     int epochs = 0;
-    for (int i = 1; i < argc; ++i) {
-        const bool has_value = i + 1 < argc;
-        if (std::strcmp(argv[i], "--small") == 0) {
-            small = true;
-        } else if (std::strcmp(argv[i], "--fortunes") == 0 && has_value) {
-            dir = argv[++i];
-        } else if (std::strcmp(argv[i], "--optimizer") == 0 && has_value) {
-            optimizer = argv[++i];
-        } else if (std::strcmp(argv[i], "--lr") == 0 && has_value) {
-            lr = std::strtof(argv[++i], nullptr);
-        } else if (std::strcmp(argv[i], "--epochs") == 0 && has_value) {
-            epochs = std::atoi(argv[++i]);
-        } else {
-            std::fprintf(stderr,
-                         "usage: keyboard [--small] [--fortunes DIR] [--optimizer sgd|adam] "
-                         "[--lr LR] [--epochs N]\n");
-            return 2;
+    const char* const usage =
+        "usage: keyboard [--small] [--fortunes DIR] [--optimizer sgd|adam] [--lr LR] "
+        "[--epochs N]\n";
+    try {
+        for (examples::Args a(argc, argv); a.next();) {
+            if (a.is("--small")) {
+                small = true;
+            } else if (a.is("--fortunes")) {
+                dir = a.text();
+            } else if (a.is("--optimizer")) {
+                optimizer = a.text();
+            } else if (a.is("--lr")) {
+                lr = a.real();
+            } else if (a.is("--epochs")) {
+                epochs = a.integer();
+            } else {
+                std::fprintf(stderr, "%s", usage);
+                return 2;
+            }
         }
+    } catch (const InvalidArgument& e) {
+        std::fprintf(stderr, "keyboard: %s\n%s", e.what(), usage);
+        return 2;
     }
     Config cfg = small ? small_config : full_config;
     if (epochs > 0) cfg.personalize_epochs = epochs;

@@ -1,4 +1,5 @@
-// adam_kernel.cpp — one adam_step variant; compiled once per instruction set (meson.build).
+// adam_kernel.cpp — one adam_step variant; compiled once per instruction set (the `kernels`
+// table in meson.build).
 //
 // A plain loop, not Eigen: Eigen's packet sqrt is an approximation (EIGEN_FAST_MATH: rsqrt and
 // one Newton step) while its scalar sqrt is exact, and Eigen runs the first elements of an
@@ -7,19 +8,15 @@
 // every element goes through the same correctly rounded operations (IEEE mul, add, div, sqrt;
 // -fno-math-errno lets GCC vectorize sqrt, -ffp-contract=off keeps it from fusing), so the
 // bits depend neither on alignment nor on which elements the vectorizer peels.
-#ifdef EDGETUNE_KERNEL_AVX2
-#define EDGETUNE_ADAM_NAME adam_step_avx2
-#else
-#define EDGETUNE_ADAM_NAME adam_step_generic
-#endif
+#include "kernel_variant.hpp"  // first
 
 #include <cmath>
 
-#include "adam_kernel.hpp"
+#include "detail/adam_kernel.hpp"
 
 namespace edgetune {
 
-void EDGETUNE_ADAM_NAME(const AdamStepArgs& a) {
+void EDGETUNE_KERNEL(adam_step)(const AdamStepArgs& a) {
     float* __restrict p = a.p;
     float* __restrict m = a.m;
     float* __restrict v = a.v;

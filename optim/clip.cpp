@@ -4,7 +4,7 @@
 // norm above sqrt(FLT_MAX) is still measured (and returned) correctly.
 #include <cmath>
 
-#include "format.hpp"
+#include "detail/format.hpp"
 #include "optim.hpp"
 
 namespace edgetune {

@@ -10,7 +10,8 @@
 // and never keyed by address: a run resumed from it continues bit-identically.
 //
 // Limits: dense float parameters only; single-threaded (one optimizer per thread); no
-// `maximize`, no sparse gradients, no foreach/fused kernels (one Eigen expression per update).
+// `maximize`, no sparse gradients. Adam and AdamW update each parameter through one fused
+// element kernel (adam_kernel.cpp, chosen per CPU); SGD is one Eigen expression per update.
 #pragma once
 
 #include <cstddef>

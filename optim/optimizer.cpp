@@ -8,9 +8,9 @@
 #include <cmath>
 #include <utility>
 
-#include "adam_kernel.hpp"
 #include "cpu.hpp"
-#include "format.hpp"
+#include "detail/adam_kernel.hpp"
+#include "detail/format.hpp"
 #include "optim.hpp"
 
 namespace edgetune {
@@ -111,12 +111,12 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups, float lr, float weight_deca
     if (params_.empty()) throw InvalidArgument("[" + name_ + "] empty parameter list");
 
     // NOTE: addresses are used only to detect a parameter listed twice, never as state keys.
-    std::vector<std::pair<const Node*, std::size_t>> seen;
+    std::vector<std::pair<const void*, std::size_t>> seen;
     for (std::size_t k = 0; k < params_.size(); ++k) {
         if (!params_[k].defined())
             throw InvalidArgument("[" + name_ + "] parameter " + std::to_string(k) +
                                   " is an empty Var");
-        seen.emplace_back(params_[k].node().get(), k);
+        seen.emplace_back(params_[k].identity(), k);
     }
     std::sort(seen.begin(), seen.end());
     for (std::size_t i = 1; i < seen.size(); ++i)
@@ -277,10 +277,8 @@ void Adam::update(std::size_t k, const Group& group) {
 }
 
 void adam_step(const AdamStepArgs& args) {
-#ifdef EDGETUNE_HAVE_AVX2_KERNELS
-    if (cpu_runs_avx2_kernels()) return adam_step_avx2(args);
-#endif
-    adam_step_generic(args);
+    static const auto choice = EDGETUNE_PICK_KERNEL(adam_step);
+    choice.fn(args);
 }
 
 AdamW::AdamW(std::vector<Var> params, const AdamWOptions& opts)

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "format.hpp"
+#include "detail/format.hpp"
 #include "optim.hpp"
 
 namespace edgetune {

@@ -4,7 +4,7 @@
 // architecture in attrs and the weights in tensors (FORMAT.md describes the envelope).
 //
 // features() does not run the autograd net: it runs the net's weights through frozen_dense
-// (frozen_kernel.hpp), whose result for a sample does not depend on the batch the sample
+// (detail/frozen_kernel.hpp), whose result for a sample does not depend on the batch the sample
 // arrives in (BackboneNet::forward, built on matrix products, does not promise that).
 // Training the backbone still uses the net.
 #include <cassert>
@@ -13,7 +13,7 @@
 #include <string>
 
 #include "cpu.hpp"
-#include "frozen_kernel.hpp"
+#include "detail/frozen_kernel.hpp"
 #include "personalize.hpp"
 
 namespace edgetune {
@@ -147,7 +147,7 @@ std::int64_t parameter_count(const BackboneConfig& c) {
 
 // ---- frozen inference -------------------------------------------------------------------
 //
-// features() runs the net's layers through frozen_dense (frozen_kernel.hpp: batch-invariant,
+// features() runs the net's layers through frozen_dense (detail/frozen_kernel.hpp: batch-invariant,
 // one instruction-set variant per process), each followed by the activation applied one element
 // at a time by one scalar function, so the same bits wherever the element sits.
 // NOTE: not through the net's matrix products, whose rounding depends on the batch shape: a

@@ -1,4 +1,5 @@
-// frozen_kernel.cpp — one frozen_dense variant; compiled once per instruction set (meson.build).
+// frozen_kernel.cpp — one frozen_dense variant; compiled once per instruction set (the
+// `kernels` table in meson.build).
 //
 // The arithmetic is fixed by explicit Eigen packets (Eigen's internal packet API, stable since
 // 3.3: the widest float packet of the target, __m128 with SSE2, __m256 with AVX2): pmadd is
@@ -6,25 +7,19 @@
 // FMA to contract it into. No scalar float arithmetic happens here: the last width % packet
 // columns are computed as a full packet over a zero-padded copy of W. So every path (tile
 // heights 1..6, wide and one-packet tiles, the padded tail) performs the sequence of
-// frozen_kernel.hpp per element.
+// detail/frozen_kernel.hpp per element.
 //
 // NOTE: plain `a * b + c` loops would leave the choice to GCC, which (-ffp-contract=fast, its
 // default) may fuse them into FMA in one loop and not in another. And Eigen's products round
 // differently by shape (GEMV for one row, blocked GEMM for many).
 //
-// NOTE: the AVX2 copy renames Eigen's namespace so none of its template instances is merged
-// with the generic copy's by the linker (autograd/gemm_kernel.cpp explains). Only Eigen may be
-// used here, no std templates; everything else has internal linkage.
-#ifdef EDGETUNE_KERNEL_AVX2
-#define Eigen edgetune_eigen_avx2
-#define EDGETUNE_FROZEN_NAME frozen_dense_avx2
-#else
-#define EDGETUNE_FROZEN_NAME frozen_dense_generic
-#endif
+// NOTE: the AVX2 copy renames Eigen's namespace (common/kernel_variant.hpp says why). Only
+// Eigen may be used here, no std templates; everything else has internal linkage.
+#include "kernel_variant.hpp"  // first
 
 #include <Eigen/Core>
 
-#include "frozen_kernel.hpp"
+#include "detail/frozen_kernel.hpp"
 
 namespace edgetune {
 
@@ -124,7 +119,7 @@ void row_tile(const FrozenDenseArgs& a, Index row, const Tail& tail) {
 
 }  // namespace
 
-void EDGETUNE_FROZEN_NAME(const FrozenDenseArgs& a) {
+void EDGETUNE_KERNEL(frozen_dense)(const FrozenDenseArgs& a) {
     Tail tail;
     tail.width = a.width % packet_size;
     tail.col = a.width - tail.width;

@@ -1,5 +1,5 @@
 // head.cpp — linear, MLP, prototype and regression heads over frozen features.
-#include "head.hpp"
+#include "detail/head.hpp"
 
 namespace edgetune {
 

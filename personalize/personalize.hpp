@@ -4,10 +4,10 @@
 //   auto p = edgetune::Personalizer::open("user.db", {
 //       .backbone = edgetune::Backbone::load("backbone.etb"),
 //       .head = edgetune::HeadSpec::linear(10)});
-//   p.add(sample);                       // validated, stored, backbone features cached
-//   auto report = p.train({.epochs = 5});
-//   auto top3 = p.predict(input, 3);
-//   p.forget(ids);                       // delete + exact unlearning (retrain from base)
+//   p->add(sample);                      // validated, stored, backbone features cached
+//   auto report = p->train({.epochs = 5});
+//   auto top3 = p->predict(input, 3);
+//   p->forget(ids);                      // delete + exact unlearning (retrain from base)
 //
 // Frozen is a type boundary: Backbone::features() returns a Matrix, never a Var, so no gradient
 // can reach the backbone. Training epochs read cached features and never rerun the backbone.
@@ -23,6 +23,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -203,7 +204,14 @@ struct TrainReport {
     std::optional<Metrics> before, after;  // on the validation split
     std::chrono::milliseconds duration{0};
     bool retrained_from_base = false;  // forget() / backbone upgrade
+    // forget() only: the ids given that were not stored, in the order given. A property of the
+    // call, not of the training run: not part of the JSON.
+    std::vector<std::int64_t> not_found{};
+    // One JSON object (the training log's and a checkpoint's metrics format); from_json reads
+    // what to_json wrote (NaN/Inf are written as null and read back as NaN) and throws
+    // CorruptData naming the field on anything else.
     std::string to_json() const;
+    static TrainReport from_json(std::string_view json);
 };
 
 struct Prediction {
@@ -249,6 +257,7 @@ public:
 
     // Deletes the samples and their features; if any was used to train the current head,
     // retrains from the base checkpoint on what remains (exact unlearning) with `retrain`.
+    // Ids that are not stored are skipped and listed in the report's not_found.
     TrainReport forget(std::span<const std::int64_t> ids, const TrainOptions& retrain = {});
 
     std::int64_t sample_count() const;
@@ -256,6 +265,8 @@ public:
     std::optional<TrainReport> last_upgrade() const;
     // The committed head's parameters, in stable order (for export and tests).
     std::vector<std::pair<std::string, Matrix>> head_parameters() const;
+    // The committed head as a head checkpoint (storage/FORMAT.md): what `edgetune export` writes.
+    std::vector<std::uint8_t> head_checkpoint() const;
     // The store, for apps that want to inspect or manage samples directly. Not thread-safe:
     // do not use while a background training runs.
     SampleStore& store();

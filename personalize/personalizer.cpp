@@ -1,5 +1,7 @@
-// personalizer.cpp — the Personalizer façade: open/upgrade, add, predict, guarded training,
-// background training, forget.
+// personalizer.cpp — the Personalizer façade: open/upgrade, add, predict, evaluate, guarded
+// training, forget. The training policies it calls live in detail/training.hpp (rows.cpp,
+// loss.cpp, loop.cpp, decision.cpp); the report's JSON in report.cpp; train_async in
+// background.cpp.
 //
 // Concurrency: the app's connection (`store`) is guarded by `store_mu`; a training run opens
 // its own connection to the same file (SQLite WAL: one writer, many readers), so add() and
@@ -8,20 +10,22 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <mutex>
 #include <numeric>
-#include <thread>
 
+#include "detail/head.hpp"
+#include "detail/head_checkpoint.hpp"
+#include "detail/training.hpp"
 #include "fp_mode.hpp"
-#include "head.hpp"
 #include "personalize.hpp"
 
 namespace edgetune {
 
-namespace {
+using detail::Clock;
+using detail::Dataset;
+using detail::head_spec_string;
 
-using Clock = std::chrono::steady_clock;
+namespace {
 
 const char* const meta_digest = "personalize.backbone_digest";
 const char* const meta_head = "personalize.head";
@@ -31,79 +35,8 @@ const char* const meta_trained_upto = "personalize.trained_upto";
 // between retrains at the next open, so a forgotten sample never survives in the head.
 const char* const meta_retrain_pending = "personalize.retrain_pending";
 
-// A class with fewer stored samples than this keeps all of them for training (no split).
-constexpr std::int64_t min_class_for_split = 5;
-
 [[noreturn]] void fail(const char* op, const std::string& message) {
     throw InvalidArgument(std::string("[") + op + "] " + message);
-}
-
-// The head spec as recorded in meta and checkpoints, readable in error messages:
-// "linear outputs=10 hidden=[] temperature=0.1 normalize=0".
-std::string head_spec_string(const HeadSpec& h) {
-    static const char* kinds[] = {"linear", "mlp", "prototype", "regression"};
-    std::string hidden;
-    for (Index v : h.hidden) hidden += (hidden.empty() ? "" : ",") + std::to_string(v);
-    char t[32];
-    std::snprintf(t, sizeof t, "%.9g", static_cast<double>(h.temperature));
-    return std::string(kinds[static_cast<int>(h.kind)]) + " outputs=" + std::to_string(h.outputs) +
-           " hidden=[" + hidden + "] temperature=" + t +
-           " normalize=" + std::to_string(h.normalize);
-}
-
-std::string json_escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += c;
-        } else if (static_cast<unsigned char>(c) < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\u%04x", c);
-            out += buf;
-        } else {
-            out += c;
-        }
-    }
-    return out;
-}
-
-std::string json_number(double v) {
-    if (!std::isfinite(v)) return "null";
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.6g", v);
-    return buf;
-}
-
-std::string metrics_json(const Metrics& m) {
-    return "{\"loss\":" + json_number(m.loss) + ",\"accuracy\":" + json_number(m.accuracy) +
-           ",\"balanced_accuracy\":" + json_number(m.balanced_accuracy) +
-           ",\"samples\":" + std::to_string(m.samples) + "}";
-}
-
-// Uniform in [0, 1) from a sample's cached feature row and label: which side of the
-// validation split a sample is on is fixed by its content (and, below min_class_for_split,
-// by its class's count), never by its id, so forget() + retrain equals never having added it.
-// NOTE: the split is stratified in expectation (each class contributes `fraction` of its
-// samples on average), not exactly; a class with few samples may have none held out.
-double split_draw(const float* row, Index width, std::int32_t label, std::uint64_t seed) {
-    std::uint64_t h = 0xcbf29ce484222325ULL ^ (seed * 0x9e3779b97f4a7c15ULL);
-    auto mix = [&h](std::uint32_t word) {
-        for (int k = 0; k < 4; ++k) {
-            h ^= (word >> (8 * k)) & 0xffu;
-            h *= 0x100000001b3ULL;
-        }
-    };
-    for (Index j = 0; j < width; ++j) {
-        std::uint32_t bits;
-        std::memcpy(&bits, row + j, sizeof bits);
-        mix(bits);
-    }
-    mix(static_cast<std::uint32_t>(label));
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    return static_cast<double>(h >> 11) * 0x1.0p-53;
 }
 
 // A run reads through its own connection while add() may write through the app's: a
@@ -121,62 +54,20 @@ auto retry_evicted(F&& read) {
     }
 }
 
-// Everything stored that training reads: one row per sample, ascending id.
-struct Dataset {
-    std::vector<std::int64_t> ids;
-    IdList labels;   // classification
-    Matrix targets;  // regression [n x W]
-    std::vector<float> weights;
-    Matrix features;  // [n x F]
-    std::vector<bool> validation;
-};
+bool all_finite(const std::vector<Var>& params) {
+    for (const Var& p : params)
+        if (!p.value().allFinite()) return false;
+    return true;
+}
 
-void validate_train_options(const TrainOptions& o) {
-    const char* op = "train";
-    if (o.epochs < 0) fail(op, "epochs = " + std::to_string(o.epochs) + " must be >= 0");
-    if (o.max_steps < 0) fail(op, "max_steps = " + std::to_string(o.max_steps) + " must be >= 0");
-    if (o.batch <= 0) fail(op, "batch = " + std::to_string(o.batch) + " must be > 0");
-    if (o.deadline.count() < 0) fail(op, "deadline must be >= 0");
-    if (!(o.clip_norm >= 0.0f))
-        fail(op, "clip_norm = " + std::to_string(o.clip_norm) + " must be >= 0");
-    if (!(o.base_pull >= 0.0f))
-        fail(op, "base_pull = " + std::to_string(o.base_pull) + " must be >= 0");
-    if (!(o.tolerance >= 0.0f))
-        fail(op, "tolerance = " + std::to_string(o.tolerance) + " must be >= 0");
-    if (!(o.label_smoothing >= 0.0f && o.label_smoothing < 1.0f))
-        fail(op, "label_smoothing = " + std::to_string(o.label_smoothing) + " outside [0, 1)");
-    if (o.replay.size < 0)
-        fail(op, "replay size = " + std::to_string(o.replay.size) + " must be >= 0");
-    if ((o.replay.kind == Replay::Kind::reservoir ||
-         o.replay.kind == Replay::Kind::class_balanced) &&
-        o.replay.size == 0)
-        fail(op, "replay size must be > 0 for reservoir and class-balanced replay");
-    // Optimizer and schedule options are checked by building them over a probe parameter:
-    // a bad lr fails here, before forget() deletes anything or a run reads the store.
-    const std::unique_ptr<Optimizer> probe =
-        make_optimizer(o.optimizer, std::vector<Var>{Var::parameter(Matrix::Zero(1, 1))});
-    make_schedule(o.schedule, *probe);
+bool all_finite(const OptimizerState& s) {
+    for (const auto& slot : s.slots)
+        for (const Matrix& m : slot)
+            if (!m.allFinite()) return false;
+    return true;
 }
 
 }  // namespace
-
-std::string TrainReport::to_json() const {
-    static const char* outcomes[] = {"committed", "rolled_back", "nothing_to_do", "cancelled"};
-    std::string curve;
-    for (float l : loss_curve) curve += (curve.empty() ? "" : ",") + json_number(l);
-    std::string s = "{\"outcome\":\"" + std::string(outcomes[static_cast<int>(outcome)]) +
-                    "\",\"reason\":\"" + json_escape(reason) +
-                    "\",\"steps\":" + std::to_string(steps) +
-                    ",\"epochs\":" + std::to_string(epochs) +
-                    ",\"train_samples\":" + std::to_string(train_samples) +
-                    ",\"validation_samples\":" + std::to_string(validation_samples) +
-                    ",\"loss_curve\":[" + curve + "]";
-    if (before) s += ",\"before\":" + metrics_json(*before);
-    if (after) s += ",\"after\":" + metrics_json(*after);
-    s += ",\"duration_ms\":" + std::to_string(duration.count()) +
-         ",\"retrained_from_base\":" + (retrained_from_base ? "true" : "false") + "}";
-    return s;
-}
 
 // ---- Impl ------------------------------------------------------------------------------
 
@@ -226,49 +117,36 @@ struct Personalizer::Impl {
     std::vector<std::uint8_t> encode(const Head& head, const OptimizerState& opt, std::int64_t step,
                                      const std::vector<bool>& seen, const Rng& rng,
                                      const std::string& metrics) const {
-        Checkpoint c;
-        c.kind = "head";
-        std::string seen_str;
-        for (bool b : seen) seen_str += b ? '1' : '0';
-        c.attrs = {{"head", head_spec_string(spec())},
-                   {"backbone_digest", digest},
-                   {"seen_classes", seen_str}};
-        c.tensors = head.tensors();
-        c.optimizer = opt;
-        c.step = step;
-        c.rng = rng.state();
-        c.metrics = metrics;
-        return encode_checkpoint(c);
+        return detail::encode_head_checkpoint(head, digest, opt, step, seen, rng, metrics);
     }
 
     HeadState decode(const StoredCheckpoint& stored) const {
-        Checkpoint c = decode_checkpoint(stored.payload);
-        HeadState s;
-        s.head = new_head(0);
+        detail::HeadCheckpoint c = detail::decode_head_checkpoint(stored.payload, spec().outputs);
+        HeadState s{.head = new_head(0),
+                    .optimizer = std::move(c.optimizer),
+                    .step = c.step,
+                    .seen = std::move(c.seen)};
         s.head->load(c.tensors);
-        s.optimizer = std::move(c.optimizer);
-        s.step = c.step;
-        s.seen.assign(static_cast<std::size_t>(spec().outputs), false);
-        for (const auto& [k, v] : c.attrs)
-            if (k == "seen_classes")
-                for (std::size_t i = 0; i < v.size() && i < s.seen.size(); ++i)
-                    s.seen[i] = v[i] == '1';
         return s;
     }
 
-    // The head to continue from: the newest trained checkpoint of this backbone, else base.
-    HeadState load_current(const SampleStore& st) const {
+    // The committed head's checkpoint: the newest trained one of this backbone, else the base.
+    StoredCheckpoint current_checkpoint(const SampleStore& st) const {
         auto trained = st.latest_checkpoint(CheckpointKind::trained);
-        if (trained && trained->info.backbone_digest == digest) return decode(*trained);
-        return load_base(st);
+        if (trained && trained->info.backbone_digest == digest) return std::move(*trained);
+        return base_checkpoint(st);
     }
 
-    HeadState load_base(const SampleStore& st) const {
+    StoredCheckpoint base_checkpoint(const SampleStore& st) const {
         auto base = st.latest_checkpoint(CheckpointKind::base);
         if (!base || base->info.backbone_digest != digest)
             throw CorruptData("[Personalizer] no base checkpoint for backbone " + digest);
-        return decode(*base);
+        return std::move(*base);
     }
+
+    // The head to continue from.
+    HeadState load_current(const SampleStore& st) const { return decode(current_checkpoint(st)); }
+    HeadState load_base(const SampleStore& st) const { return decode(base_checkpoint(st)); }
 
     void save_base(SampleStore& st) {
         auto head = new_head(options.seed);
@@ -296,120 +174,50 @@ struct Personalizer::Impl {
     }
 
     Dataset load_dataset(const SampleStore& st) const {
-        Dataset d;
-        std::vector<Sample> batch;
-        for (auto cursor = st.scan({.batch = 1024, .fields = Fields::no_input});
-             cursor.next(batch);) {
-            for (const Sample& s : batch) {
-                d.ids.push_back(s.id);
-                d.labels.push_back(s.label);
-                d.weights.push_back(s.weight);
-            }
-            if (!spec().classifies()) {
-                const Index w = spec().outputs;
-                const Index at = d.targets.rows();
-                d.targets.conservativeResize(at + static_cast<Index>(batch.size()), w);
-                for (std::size_t i = 0; i < batch.size(); ++i)
-                    d.targets.row(at + static_cast<Index>(i)) =
-                        Eigen::Map<const Eigen::RowVectorXf>(batch[i].target.data(), w);
-            }
-        }
-        const auto n = static_cast<Index>(d.ids.size());
-        d.features.resize(n, backbone().feature_dim());
-        constexpr std::size_t chunk = 4096;
-        for (std::size_t at = 0; at < d.ids.size(); at += chunk) {
-            const std::size_t len = std::min(chunk, d.ids.size() - at);
-            d.features.middleRows(static_cast<Index>(at), static_cast<Index>(len)) =
-                st.get_features(digest, std::span(d.ids).subspan(at, len));
-        }
-        // Classes (a regression store is one class) with fewer than min_class_for_split
-        // samples keep all for training: one-shot enrollment must not lose its only shot.
-        std::vector<std::int64_t> per_class(
-            spec().classifies() ? static_cast<std::size_t>(spec().outputs) : 1, 0);
-        auto class_of = [&](std::size_t i) {
-            return spec().classifies() ? static_cast<std::size_t>(d.labels[i]) : std::size_t{0};
-        };
-        for (std::size_t i = 0; i < d.ids.size(); ++i) ++per_class[class_of(i)];
-        d.validation.resize(d.ids.size());
-        for (Index i = 0; i < n; ++i) {
-            const auto k = static_cast<std::size_t>(i);
-            d.validation[k] = per_class[class_of(k)] >= min_class_for_split &&
-                              split_draw(d.features.row(i).data(), d.features.cols(), d.labels[k],
-                                         options.seed) < options.validation_fraction;
-        }
+        Dataset d = detail::read_dataset(st, spec(), digest, backbone().feature_dim());
+        detail::mark_validation(d, spec(), options.seed, options.validation_fraction);
         return d;
-    }
-
-    // --- evaluation ---
-    Metrics evaluate_rows(Head& head, const Dataset& d,
-                          const std::vector<std::size_t>& rows) const {
-        Metrics m;
-        m.samples = static_cast<std::int64_t>(rows.size());
-        if (rows.empty()) return m;
-        double loss = 0.0;
-        std::int64_t correct = 0;
-        const auto classes = static_cast<std::size_t>(spec().classifies() ? spec().outputs : 0);
-        std::vector<std::int64_t> class_total(classes, 0), class_correct(classes, 0);
-        constexpr std::size_t chunk = 1024;
-        for (std::size_t at = 0; at < rows.size(); at += chunk) {
-            const std::size_t len = std::min(chunk, rows.size() - at);
-            Matrix x(static_cast<Index>(len), d.features.cols());
-            for (std::size_t i = 0; i < len; ++i)
-                x.row(static_cast<Index>(i)) = d.features.row(static_cast<Index>(rows[at + i]));
-            const Matrix out = head.infer(x);
-            for (std::size_t i = 0; i < len; ++i) {
-                const auto r = static_cast<Index>(i);
-                const std::size_t row = rows[at + i];
-                if (spec().classifies()) {
-                    const float mx = out.row(r).maxCoeff();
-                    const double lse = mx + std::log((out.row(r).array() - mx).exp().sum());
-                    const std::int32_t y = d.labels[row];
-                    loss += lse - out(r, y);
-                    Index best = 0;
-                    out.row(r).maxCoeff(&best);
-                    correct += best == y;
-                    ++class_total[static_cast<std::size_t>(y)];
-                    class_correct[static_cast<std::size_t>(y)] += best == y;
-                } else {
-                    loss += (out.row(r) - d.targets.row(static_cast<Index>(row))).squaredNorm() /
-                            static_cast<double>(out.cols());
-                }
-            }
-        }
-        m.loss = loss / static_cast<double>(rows.size());
-        if (spec().classifies()) {
-            m.accuracy = static_cast<double>(correct) / static_cast<double>(rows.size());
-            double recall = 0.0;
-            int present = 0;
-            for (std::size_t c = 0; c < classes; ++c)
-                if (class_total[c] > 0) {
-                    recall +=
-                        static_cast<double>(class_correct[c]) / static_cast<double>(class_total[c]);
-                    ++present;
-                }
-            m.balanced_accuracy = recall / present;
-        }
-        return m;
     }
 
     // --- training ---
     enum class Mode { incremental, from_base };
 
-    TrainReport run(const TrainOptions& opts, Mode mode);
-};
-
-TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
-    validate_train_options(opts);
-    const auto start = Clock::now();
-    auto elapsed = [&] {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    // One run's clock, connection and report; log() or commit() ends it.
+    struct Run {
+        Clock::time_point start;
+        SampleStore st;
+        Mode mode;
+        TrainReport report{};
+        std::chrono::milliseconds elapsed() const {
+            return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+        }
     };
 
+    // The trained head a commit_trained decision commits.
+    struct Trained {
+        const HeadState* state = nullptr;
+        OptimizerState optimizer{};
+        std::int64_t step = 0;
+        std::int64_t upto = 0;  // samples up to this id count as trained on
+    };
+
+    TrainReport run(const TrainOptions& opts, Mode mode);
+    TrainReport apply(Run& run, const detail::Decision& d, const HeadState& base,
+                      const Trained& trained, const Rng& rng);
+    TrainReport commit(Run& run, const HeadState& s, const OptimizerState& optimizer_state,
+                       std::int64_t step, std::int64_t upto, const Rng& rng);
+};
+
+// Reads the store, then: rows, loss, epochs, decision (detail/training.hpp), then applies it.
+TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
+    detail::validate_train_options(opts);
     // The run's own connection: the app's connection stays free for add() and predict().
-    SampleStore st = SampleStore::open(path, store_options);
+    Run r{.start = Clock::now(), .st = SampleStore::open(path, store_options), .mode = mode};
+    SampleStore& st = r.st;
     // A retrain owed by forget() or an upgrade that did not finish (crash, exception) comes
     // first: an incremental update would build on a head that must be dropped.
-    if (!st.get_meta(meta_retrain_pending).value_or("").empty()) mode = Mode::from_base;
+    if (!st.get_meta(meta_retrain_pending).value_or("").empty()) r.mode = Mode::from_base;
+    const bool from_base = r.mode == Mode::from_base;
     // Samples stored through store() get their features here.
     retry_evicted([&] {
         fill_missing_features(st);
@@ -417,318 +225,98 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     });
     const Dataset data = retry_evicted([&] { return load_dataset(st); });
     const HeadState base = load_base(st);
-    HeadState state = mode == Mode::from_base ? load_base(st) : load_current(st);
+    HeadState state = from_base ? load_base(st) : load_current(st);
     const std::int64_t trained_upto =
-        mode == Mode::from_base ? 0 : std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
-    TrainReport report;
-    report.retrained_from_base = mode == Mode::from_base;
+        from_base ? 0 : std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
+    r.report.retrained_from_base = from_base;
     const std::int64_t max_id = data.ids.empty() ? 0 : data.ids.back();
 
-    // Split and replay selection (rows index into `data`).
-    std::vector<std::size_t> val_rows, new_rows, old_rows;
-    for (std::size_t i = 0; i < data.ids.size(); ++i) {
-        if (data.validation[i])
-            val_rows.push_back(i);
-        else if (data.ids[i] > trained_upto)
-            new_rows.push_back(i);
-        else
-            old_rows.push_back(i);
-    }
     Rng rng(opts.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(state.step + 1)));
-    std::vector<std::size_t> train_rows = new_rows;
-    if (opts.replay.kind == Replay::Kind::all || mode == Mode::from_base) {
-        train_rows.insert(train_rows.end(), old_rows.begin(), old_rows.end());
-    } else if (opts.replay.kind == Replay::Kind::none) {
-        // new_rows only
-    } else if (opts.replay.kind == Replay::Kind::reservoir) {
-        // A uniform draw of `size` older samples (partial Fisher-Yates, seeded).
-        const std::size_t k = std::min(old_rows.size(), static_cast<std::size_t>(opts.replay.size));
-        for (std::size_t i = 0; i < k; ++i)
-            std::swap(old_rows[i], old_rows[i + rng.below(old_rows.size() - i)]);
-        train_rows.insert(train_rows.end(), old_rows.begin(),
-                          old_rows.begin() + static_cast<std::ptrdiff_t>(k));
-    } else {
-        // Up to `size` older samples per class, drawn uniformly within each class.
-        for (std::size_t i = old_rows.size(); i > 1; --i)
-            std::swap(old_rows[i - 1], old_rows[rng.below(i)]);
-        std::vector<std::int64_t> taken(static_cast<std::size_t>(spec().outputs), 0);
-        for (std::size_t r : old_rows) {
-            const std::size_t c =
-                spec().classifies() ? static_cast<std::size_t>(data.labels[r]) : 0;
-            if (taken[c] < opts.replay.size) {
-                ++taken[c];
-                train_rows.push_back(r);
-            }
-        }
-    }
-    // Ascending row = ascending id: the order (and so the shuffles) depends on which samples
-    // are stored, never on their id values.
-    std::sort(train_rows.begin(), train_rows.end());
-    report.train_samples = static_cast<std::int64_t>(train_rows.size());
-    report.validation_samples = static_cast<std::int64_t>(val_rows.size());
-
-    auto log_run = [&](TrainReport& r) {
-        r.duration = elapsed();
-        st.append_run(r.to_json());
-        return r;
-    };
-    // Commits `s` as one transaction: checkpoint, watermark, training log, pruning. A retrain
-    // from base keeps no older trained checkpoint (they may hold what forget() removed) and
-    // settles the pending retrain. `upto`: samples up to this id count as trained on.
-    auto commit = [&](const HeadState& s, const OptimizerState& optimizer_state, std::int64_t step,
-                      std::int64_t upto, TrainReport::Outcome outcome) {
-        report.outcome = outcome;
-        report.duration = elapsed();
-        const std::string metrics = report.to_json();
-        const auto payload = encode(*s.head, optimizer_state, step, s.seen, rng, metrics);
-        {
-            Transaction tx = st.transaction();
-            st.save_checkpoint({.kind = CheckpointKind::trained,
-                                .step = step,
-                                .backbone_digest = digest,
-                                .metrics = metrics},
-                               payload);
-            st.set_meta(meta_trained_upto, std::to_string(upto));
-            if (mode == Mode::from_base) st.set_meta(meta_retrain_pending, "");
-            st.append_run(metrics);
-            st.prune_checkpoints(mode == Mode::from_base ? 1 : 3);
-            tx.commit();
-        }
-        publish(s.head);
-        return report;
-    };
-    if (train_rows.empty() || (opts.epochs == 0 && mode == Mode::incremental)) {
-        report.reason =
-            data.ids.empty() ? "the store holds no samples"
-            : train_rows.empty()
-                ? "no training samples (all are in the validation split or nothing is new)"
-                : "epochs = 0";
-        if (mode == Mode::from_base) {
-            // The head must still lose what it learned from removed samples.
-            report.reason += ": committed the base head";
-            return commit(state, {}, 0, max_id, TrainReport::Outcome::committed);
-        }
-        report.outcome = TrainReport::Outcome::nothing_to_do;
-        return log_run(report);
-    }
+    const detail::RowSelection rows =
+        detail::select_rows(data, spec(), trained_upto, opts.replay, rng);
+    r.report.train_samples = static_cast<std::int64_t>(rows.train.size());
+    r.report.validation_samples = static_cast<std::int64_t>(rows.validation.size());
+    if (const auto skip = detail::decide_untrained(data.ids.empty(), rows.train.empty(),
+                                                   opts.epochs == 0, from_base))
+        return apply(r, *skip, base, {.state = &state, .optimizer = {}, .upto = max_id}, rng);
 
     Head& head = *state.head;
-    if (!val_rows.empty()) report.before = evaluate_rows(head, data, val_rows);
-
-    // Prototype heads: classes seen for the first time start at their class mean.
-    if (spec().kind == HeadSpec::Kind::prototype) {
-        std::vector<bool> init(state.seen.size(), false);
-        Matrix x(static_cast<Index>(train_rows.size()), data.features.cols());
-        IdList y;
-        for (std::size_t i = 0; i < train_rows.size(); ++i) {
-            x.row(static_cast<Index>(i)) = data.features.row(static_cast<Index>(train_rows[i]));
-            y.push_back(data.labels[train_rows[i]]);
-            init[static_cast<std::size_t>(y.back())] =
-                !state.seen[static_cast<std::size_t>(y.back())];
-        }
-        head.init_prototypes(x, y, init);
-    }
-    if (spec().classifies())
-        for (std::size_t r : train_rows)
-            state.seen[static_cast<std::size_t>(data.labels[r])] = true;
-
+    if (!rows.validation.empty())
+        r.report.before = detail::evaluate_rows(head, data, rows.validation);
+    const detail::LossTerms terms =
+        detail::prepare_loss(head, state.seen, data, rows.train, opts, *base.head);
     // Optimizer: continue its state when the kind matches (incremental updates), else fresh.
-    std::vector<Var> params = head.parameters();
-    std::unique_ptr<Optimizer> optimizer = make_optimizer(opts.optimizer, params);
-    if (mode == Mode::incremental && state.optimizer.kind == optimizer->kind()) {
-        const float lr = optimizer->lr();
-        try {
-            optimizer->load_state(state.optimizer);
-        } catch (const InvalidArgument&) {
-            // The saved state has other buffers (momentum switched on or off, AMSGrad): the
-            // options changed since the last run, so this run starts with fresh moments.
-        }
-        optimizer->set_lr(lr);
-    }
-    std::unique_ptr<Schedule> schedule = make_schedule(opts.schedule, *optimizer);
-    // A plateau schedule follows the mean training loss of each epoch; the others advance
-    // once per step.
-    const bool plateau = std::holds_alternative<PlateauSchedule>(opts.schedule);
+    detail::TrainLoop loop =
+        detail::start_loop(head, opts, from_base ? nullptr : &state.optimizer, rng, rows.train);
+    const detail::LoopStop stop =
+        detail::run_epochs(loop, head, data, terms, opts, opts.epochs, r.start, state.step);
+    r.report.steps = loop.steps;
+    r.report.epochs = loop.last_epoch;
+    r.report.loss_curve = loop.loss_curve;
 
-    CrossEntropyOptions ce{
-        .label_smoothing = opts.label_smoothing, .class_weights = {}, .sample_weights = {}};
-    if (opts.balance_classes && spec().classifies()) {
-        std::vector<double> counts(static_cast<std::size_t>(spec().outputs), 0.0);
-        for (std::size_t r : train_rows) counts[static_cast<std::size_t>(data.labels[r])] += 1.0;
-        const double present = static_cast<double>(
-            std::count_if(counts.begin(), counts.end(), [](double c) { return c > 0; }));
-        ce.class_weights.resize(counts.size(), 1.0f);
-        for (std::size_t c = 0; c < counts.size(); ++c)
-            if (counts[c] > 0)
-                ce.class_weights[c] = static_cast<float>(static_cast<double>(train_rows.size()) /
-                                                         (present * counts[c]));
-    }
-    std::vector<Var> base_params;
-    if (opts.base_pull > 0.0f)
-        for (const auto& [name, value] : base.head->tensors()) base_params.emplace_back(value);
+    const OptimizerState optimizer_state = loop.optimizer->state();
+    detail::RunFacts facts{.from_base = from_base,
+                           .classifies = spec().classifies(),
+                           .tolerance = opts.tolerance,
+                           .steps = loop.steps,
+                           .stop = stop,
+                           .params_finite = all_finite(loop.params),
+                           .optimizer_finite = all_finite(optimizer_state),
+                           .before = r.report.before};
+    if (facts.healthy() && !rows.validation.empty())
+        facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
+    return apply(r, detail::decide(facts), base,
+                 {.state = &state,
+                  .optimizer = optimizer_state,
+                  .step = state.step + loop.steps,
+                  .upto = max_id},
+                 loop.rng);
+}
 
-    const auto batch = static_cast<std::size_t>(opts.batch);
-    const Index width = data.features.cols();
-    Matrix xb(static_cast<Index>(std::min(batch, train_rows.size())), width);
-    Matrix tb, wb;
-    IdList yb;
-    std::vector<std::size_t> order = train_rows;
-    bool diverged = false, cancelled = false, budget = false;
-    std::int64_t steps = 0;
-    for (int epoch = 1; epoch <= opts.epochs && !diverged && !cancelled && !budget; ++epoch) {
-        for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
-        double epoch_loss = 0.0;
-        std::size_t epoch_batches = 0;
-        for (std::size_t at = 0; at < order.size(); at += batch) {
-            if (opts.stop && opts.stop->load()) {
-                cancelled = true;
-                break;
-            }
-            if (opts.max_steps > 0 && steps >= opts.max_steps) {
-                budget = true;
-                report.reason = "max_steps reached";
-                break;
-            }
-            if (opts.deadline.count() > 0 && elapsed() >= opts.deadline) {
-                budget = true;
-                report.reason = "deadline reached";
-                break;
-            }
-            const std::size_t len = std::min(batch, order.size() - at);
-            if (static_cast<std::size_t>(xb.rows()) != len)
-                xb.resize(static_cast<Index>(len), width);
-            yb.resize(len);
-            ce.sample_weights.resize(len);
-            if (!spec().classifies()) {
-                tb.resize(static_cast<Index>(len), data.targets.cols());
-                wb.resize(static_cast<Index>(len), data.targets.cols());
-            }
-            double batch_weight = 0.0;
-            for (std::size_t i = 0; i < len; ++i) {
-                const std::size_t r = order[at + i];
-                xb.row(static_cast<Index>(i)) = data.features.row(static_cast<Index>(r));
-                yb[i] = data.labels[r];
-                ce.sample_weights[i] = data.weights[r];
-                batch_weight +=
-                    static_cast<double>(data.weights[r]) *
-                    (ce.class_weights.empty() ? 1.0
-                                              : ce.class_weights[static_cast<std::size_t>(yb[i])]);
-                if (!spec().classifies()) {
-                    tb.row(static_cast<Index>(i)) = data.targets.row(static_cast<Index>(r));
-                    wb.row(static_cast<Index>(i)).setConstant(data.weights[r]);
-                }
-            }
-            // NOTE: a batch whose samples all weigh 0 teaches nothing (and its weighted mean
-            // is 0/0): it is skipped, not counted as a step.
-            if (!(batch_weight > 0.0)) continue;
-            optimizer->zero_grad();
-            Var out = head.forward(xb);
-            // Regression: squared error weighted per sample, sum_i w_i |y_i - t_i|^2 / (W sum_i
-            // w_i).
-            Var loss = spec().classifies()
-                           ? cross_entropy(out, yb, ce)
-                           : scale(sum(mul(square(sub(out, Var(tb))), Var(wb))),
-                                   static_cast<float>(
-                                       1.0 / (batch_weight * static_cast<double>(tb.cols()))));
-            Var total = loss;
-            if (opts.base_pull > 0.0f)
-                for (std::size_t k = 0; k < params.size(); ++k)
-                    total = edgetune::add(total, scale(sum(square(sub(params[k], base_params[k]))),
-                                                       0.5f * opts.base_pull));
-            const float loss_value = loss.item();
-            if (!std::isfinite(total.item())) {
-                diverged = true;
-                report.reason = "loss became " + std::to_string(loss_value) + " at step " +
-                                std::to_string(steps + 1) + " (epoch " + std::to_string(epoch) +
-                                ")";
-                break;
-            }
-            backward(total);
-            if (opts.clip_norm > 0.0f) clip_grad_norm(params, opts.clip_norm);
-            optimizer->step();
-            if (!plateau) schedule->step();
-            ++steps;
-            epoch_loss += loss_value;
-            ++epoch_batches;
-            if (opts.on_progress)
-                opts.on_progress({.step = state.step + steps,
-                                  .epoch = epoch,
-                                  .loss = loss_value,
-                                  .elapsed = elapsed()});
-        }
-        if (epoch_batches > 0) {
-            const double mean_loss = epoch_loss / static_cast<double>(epoch_batches);
-            report.loss_curve.push_back(static_cast<float>(mean_loss));
-            report.epochs = epoch;
-            if (plateau && !diverged) schedule->step(static_cast<float>(mean_loss));
-        }
+TrainReport Personalizer::Impl::apply(Run& r, const detail::Decision& d, const HeadState& base,
+                                      const Trained& trained, const Rng& rng) {
+    r.report.outcome = d.outcome;
+    r.report.reason = d.reason;
+    if (d.drop_after) r.report.after.reset();
+    switch (d.action) {
+        case detail::Action::commit_trained:
+            return commit(r, *trained.state, trained.optimizer, trained.step, trained.upto, rng);
+        case detail::Action::commit_base:
+            return commit(r, base, {}, 0, 0, rng);
+        case detail::Action::commit_base_covering:
+            return commit(r, base, {}, 0, trained.upto, rng);
+        case detail::Action::log_only:
+            break;
     }
-    report.steps = steps;
+    r.report.duration = r.elapsed();
+    r.st.append_run(r.report.to_json());
+    return r.report;
+}
 
-    const OptimizerState optimizer_state = optimizer->state();
-    auto finite = [](const OptimizerState& s) {
-        for (const auto& slot : s.slots)
-            for (const Matrix& m : slot)
-                if (!m.allFinite()) return false;
-        return true;
-    };
-    if (cancelled) {
-        report.reason = "cancelled after " + std::to_string(steps) + " steps";
-        if (mode == Mode::incremental) {
-            report.outcome = TrainReport::Outcome::cancelled;
-            report.reason += "; the last committed head is kept";
-            return log_run(report);
-        }
-        // A retrain from base never keeps the old head: the base is committed, and every
-        // sample counts as new for the next train().
-        report.reason += "; committed the base head, every sample counts as new";
-        return commit(base, {}, 0, 0, TrainReport::Outcome::cancelled);
+// Commits `s` as one transaction: checkpoint, watermark, training log, pruning. A retrain
+// from base keeps no older trained checkpoint (they may hold what forget() removed) and
+// settles the pending retrain. `upto`: samples up to this id count as trained on.
+TrainReport Personalizer::Impl::commit(Run& r, const HeadState& s,
+                                       const OptimizerState& optimizer_state, std::int64_t step,
+                                       std::int64_t upto, const Rng& rng) {
+    r.report.duration = r.elapsed();
+    const std::string metrics = r.report.to_json();
+    const auto payload = encode(*s.head, optimizer_state, step, s.seen, rng, metrics);
+    {
+        Transaction tx = r.st.transaction();
+        r.st.save_checkpoint({.kind = CheckpointKind::trained,
+                              .step = step,
+                              .backbone_digest = digest,
+                              .metrics = metrics},
+                             payload);
+        r.st.set_meta(meta_trained_upto, std::to_string(upto));
+        if (r.mode == Mode::from_base) r.st.set_meta(meta_retrain_pending, "");
+        r.st.append_run(metrics);
+        r.st.prune_checkpoints(r.mode == Mode::from_base ? 1 : 3);
+        tx.commit();
     }
-    for (const Var& p : params)
-        if (!diverged && !p.value().allFinite()) {
-            diverged = true;
-            report.reason = "a parameter became NaN/Inf";
-        }
-    if (!diverged && !finite(optimizer_state)) {
-        diverged = true;
-        report.reason = "the optimizer state became NaN/Inf";
-    }
-    if (!diverged && !val_rows.empty()) report.after = evaluate_rows(head, data, val_rows);
-    if (diverged || (report.after && !std::isfinite(report.after->loss))) {
-        if (report.reason.empty()) report.reason = "validation loss is not finite";
-        if (mode == Mode::incremental) {
-            report.outcome = TrainReport::Outcome::rolled_back;
-            return log_run(report);
-        }
-        // Exact unlearning must not keep the old head: fall back to the base head.
-        report.reason += "; committed the base head instead, every sample counts as new";
-        report.after.reset();
-        return commit(base, {}, 0, 0, TrainReport::Outcome::committed);
-    }
-    if (mode == Mode::incremental && report.before && report.after) {
-        // Classification: worse = class-balanced accuracy dropped by more than the tolerance
-        // AND the loss did not improve. Balanced, so that an enrollment trading a little of
-        // many old samples for a new class with a handful of shots counts as the gain it is;
-        // both signals, because on a small split one sample moves accuracy by several percent
-        // while the loss (a proper score) moves smoothly: a 5-shot enrollment otherwise fails
-        // the guard about every other time on noise.
-        const bool worse = spec().classifies()
-                               ? report.after->balanced_accuracy <
-                                         report.before->balanced_accuracy - opts.tolerance &&
-                                     report.after->loss >= report.before->loss
-                               : report.after->loss > report.before->loss * (1.0 + opts.tolerance);
-        if (worse) {
-            report.outcome = TrainReport::Outcome::rolled_back;
-            report.reason = "validation got worse: " + metrics_json(*report.before) + " -> " +
-                            metrics_json(*report.after);
-            return log_run(report);
-        }
-    }
-    if (report.reason.empty())
-        report.reason =
-            val_rows.empty() ? "completed (no validation samples: unguarded)" : "completed";
-    return commit(state, optimizer_state, state.step + steps, max_id,
-                  TrainReport::Outcome::committed);
+    publish(s.head);
+    return r.report;
 }
 
 // ---- Personalizer ----------------------------------------------------------------------
@@ -799,11 +387,13 @@ std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
     std::lock_guard lock(impl_->store_mu);
     SampleStore& st = impl_->store;
     Transaction tx = st.transaction();
-    std::vector<std::int64_t> ids = st.add_batch(samples);
+    std::vector<std::int64_t> evicted;  // ascending
+    std::vector<std::int64_t> ids = st.add_batch(samples, evicted);
     std::vector<std::int64_t> kept;
     std::vector<Index> rows;
     for (std::size_t i = 0; i < ids.size(); ++i)
-        if (ids[i] != SampleStore::not_kept && st.get(ids[i], Fields::no_input)) {
+        if (ids[i] != SampleStore::not_kept &&
+            !std::binary_search(evicted.begin(), evicted.end(), ids[i])) {
             kept.push_back(ids[i]);
             rows.push_back(static_cast<Index>(i));
         }
@@ -849,31 +439,11 @@ std::vector<float> Personalizer::regress(const Sample& input) const {
 
 Metrics Personalizer::evaluate(std::span<const Sample> samples) const {
     const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
-    Dataset d;
-    d.features = impl_->backbone().features(samples);
+    const Dataset d =
+        detail::dataset_of(samples, impl_->backbone().features(samples), impl_->spec());
     std::vector<std::size_t> rows(samples.size());
     std::iota(rows.begin(), rows.end(), std::size_t{0});
-    const std::int64_t outputs = impl_->spec().outputs;
-    if (impl_->spec().classifies()) {
-        for (std::size_t i = 0; i < samples.size(); ++i) {
-            if (samples[i].label < 0 || samples[i].label >= outputs)
-                fail("evaluate", "label " + std::to_string(samples[i].label) + " of sample " +
-                                     std::to_string(i) + " out of range for " +
-                                     std::to_string(outputs) + " classes");
-            d.labels.push_back(samples[i].label);
-        }
-    } else {
-        d.targets.resize(static_cast<Index>(samples.size()), outputs);
-        for (std::size_t i = 0; i < samples.size(); ++i) {
-            if (static_cast<std::int64_t>(samples[i].target.size()) != outputs)
-                fail("evaluate", "sample " + std::to_string(i) + " has a target of width " +
-                                     std::to_string(samples[i].target.size()) + ", expected " +
-                                     std::to_string(outputs));
-            d.targets.row(static_cast<Index>(i)) =
-                Eigen::Map<const Eigen::RowVectorXf>(samples[i].target.data(), outputs);
-        }
-    }
-    return impl_->evaluate_rows(*impl_->current_head(), d, rows);
+    return detail::evaluate_rows(*impl_->current_head(), d, rows);
 }
 
 TrainReport Personalizer::train(const TrainOptions& options) {
@@ -884,24 +454,33 @@ TrainReport Personalizer::train(const TrainOptions& options) {
 
 TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainOptions& retrain) {
     const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
-    validate_train_options(retrain);
+    detail::validate_train_options(retrain);
     std::lock_guard train_lock(impl_->train_mu);
     bool used = false;
+    std::vector<std::int64_t> not_found;
     {
         std::lock_guard lock(impl_->store_mu);
         SampleStore& st = impl_->store;
         const std::int64_t upto = std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
-        for (std::int64_t id : ids) used = used || (id <= upto && st.get(id, Fields::no_input));
+        for (std::int64_t id : ids) {
+            const bool stored = st.get(id, Fields::no_input).has_value();
+            if (!stored) not_found.push_back(id);
+            used = used || (id <= upto && stored);
+        }
         // The deletion and the debt to retrain commit together.
         Transaction tx = st.transaction();
         st.delete_ids(ids);
         if (used) st.set_meta(meta_retrain_pending, "forget");
         tx.commit();
     }
-    if (used) return impl_->run(retrain, Impl::Mode::from_base);
     TrainReport report;
-    report.outcome = TrainReport::Outcome::nothing_to_do;
-    report.reason = "none of the forgotten samples had been trained on";
+    if (used) {
+        report = impl_->run(retrain, Impl::Mode::from_base);
+    } else {
+        report.outcome = TrainReport::Outcome::nothing_to_do;
+        report.reason = "none of the forgotten samples had been trained on";
+    }
+    report.not_found = std::move(not_found);
     return report;
 }
 
@@ -923,77 +502,13 @@ std::vector<std::pair<std::string, Matrix>> Personalizer::head_parameters() cons
     return impl_->current_head()->tensors();
 }
 
+std::vector<std::uint8_t> Personalizer::head_checkpoint() const {
+    std::lock_guard lock(impl_->store_mu);
+    return impl_->current_checkpoint(impl_->store).payload;
+}
+
 SampleStore& Personalizer::store() {
     return impl_->store;
-}
-
-// ---- BackgroundTraining ----------------------------------------------------------------
-
-struct BackgroundTraining::State {
-    std::atomic<bool> stop{false};
-    std::atomic<bool> finished{false};
-    mutable std::mutex mu;
-    Progress progress;
-    std::optional<TrainReport> report;
-    std::exception_ptr error;
-    std::thread worker;
-};
-
-std::unique_ptr<BackgroundTraining> Personalizer::train_async(TrainOptions options) {
-    validate_train_options(options);
-    auto state = std::make_shared<BackgroundTraining::State>();
-    auto user_progress = std::move(options.on_progress);
-    const std::atomic<bool>* user_stop = options.stop;
-    if (user_stop && user_stop->load()) state->stop = true;
-    // The run polls state->stop; a caller's own stop flag is forwarded after every step.
-    options.on_progress = [state, user_progress, user_stop](const Progress& p) {
-        {
-            std::lock_guard lock(state->mu);
-            state->progress = p;
-        }
-        if (user_stop && user_stop->load()) state->stop = true;
-        if (user_progress) user_progress(p);
-    };
-    options.stop = &state->stop;
-    state->worker = std::thread([this, state, options] {
-        try {
-            TrainReport r = train(options);
-            std::lock_guard lock(state->mu);
-            state->report = std::move(r);
-        } catch (...) {
-            std::lock_guard lock(state->mu);
-            state->error = std::current_exception();
-        }
-        state->finished = true;
-    });
-    return std::make_unique<BackgroundTraining>(state);
-}
-
-BackgroundTraining::BackgroundTraining(std::shared_ptr<State> state) : state_(std::move(state)) {}
-
-BackgroundTraining::~BackgroundTraining() {
-    cancel();
-    if (state_->worker.joinable()) state_->worker.join();
-}
-
-Progress BackgroundTraining::progress() const {
-    std::lock_guard lock(state_->mu);
-    return state_->progress;
-}
-
-void BackgroundTraining::cancel() {
-    state_->stop = true;
-}
-
-bool BackgroundTraining::done() const {
-    return state_->finished;
-}
-
-TrainReport BackgroundTraining::wait() {
-    if (state_->worker.joinable()) state_->worker.join();
-    std::lock_guard lock(state_->mu);
-    if (state_->error) std::rethrow_exception(state_->error);
-    return *state_->report;
 }
 
 }  // namespace edgetune

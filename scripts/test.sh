@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test.sh — the whole test suite: format check, release build + every doctest suite and the
+# test.sh — the whole test suite: format check, the README's code blocks against the examples
+# (scripts/check_readme.py), release build + every doctest suite and the
 # examples' small mode, then an ASan+UBSan build of the suites, then a ThreadSanitizer build of
 # the threaded suite. Ends with one line "N passed, N failed".
 set -uo pipefail
@@ -39,6 +40,10 @@ else
     echo "format: ok"
 fi
 
+echo "== README: its cpp blocks are the examples' code"
+readme_failed=0
+python3 scripts/check_readme.py || { readme_failed=1; status=1; }
+
 echo "== release build (asserts on): every suite and the examples' small mode"
 configure build-test 'all' -Dbuildtype=release -Db_ndebug=false || exit 1
 run_suite build-test
@@ -53,5 +58,6 @@ export TSAN_OPTIONS=halt_on_error=1
 configure build-tsan 'tests/test_threads' -Dbuildtype=debugoptimized -Db_sanitize=thread || exit 1
 run_suite build-tsan --suite threads
 
-python3 scripts/count_tests.py --extra-failed "$format_failed" "${logs[@]}" || status=1
+python3 scripts/count_tests.py --extra-failed "$format_failed" --extra-failed "$readme_failed" \
+    "${logs[@]}" || status=1
 exit $status

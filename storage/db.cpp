@@ -1,8 +1,8 @@
 // db.cpp — the SQLite connection: open/close, the statement cache, check(), nested
-// transactions and the background WAL checkpointer. See db.hpp.
-#include "db.hpp"
+// transactions and the background WAL checkpointer. See detail/db.hpp.
+#include "detail/db.hpp"
 
-#include "sql.hpp"
+#include "detail/sql.hpp"
 
 #include <fmt/format.h>
 

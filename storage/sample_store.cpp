@@ -4,8 +4,8 @@
 // Every write that takes more than one statement runs under a TxGuard, so it is all or nothing
 // and joins a caller's open Transaction as a savepoint. Inputs are validated completely before
 // the first statement runs. Blobs are little-endian 4-byte values (float32 / int32).
-#include "db.hpp"
-#include "sql.hpp"
+#include "detail/db.hpp"
+#include "detail/sql.hpp"
 #include "storage.hpp"
 
 #include <fcntl.h>
@@ -252,7 +252,7 @@ void validate_sample(const Sample& s, const StoreOptions& o, std::string_view op
 
 // --- rows <-> structs ---------------------------------------------------------------------------
 
-// Reads the current row of a sample query (column order in sql.hpp), validating blob sizes.
+// Reads the current row of a sample query (column order in detail/sql.hpp), validating blob sizes.
 Sample read_sample(const Stmt& st, Fields fields, const StoreOptions& o) {
     Sample s;
     s.id = st.int64(0);
@@ -389,8 +389,10 @@ std::int64_t insert_sample(Db& db, const Sample& s, const StoreOptions& o, std::
     return db.last_insert_id();
 }
 
-// Deletes the sample at position `offset` in id order (a reservoir slot).
-void delete_sample_at(Db& db, std::uint64_t offset, std::string_view op) {
+// Deletes the sample at position `offset` in id order (a reservoir slot); appends its id to
+// `evicted`.
+void delete_sample_at(Db& db, std::uint64_t offset, std::string_view op,
+                      std::vector<std::int64_t>& evicted) {
     std::int64_t id = 0;
     {
         Stmt find(db, sql::select_id_at_offset, op);
@@ -399,11 +401,14 @@ void delete_sample_at(Db& db, std::uint64_t offset, std::string_view op) {
         id = find.int64(0);
     }
     Stmt(db, sql::delete_sample, op).bind(1, id).run();
+    evicted.push_back(id);
 }
 
-// Inserts validated samples and enforces the retention policy, in one transaction.
+// Inserts validated samples and enforces the retention policy, in one transaction. Appends
+// the ids the policy deleted (older samples, or samples of this batch) to `evicted`, ascending.
 std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
-                                         std::span<const Sample> samples, std::string_view op) {
+                                         std::span<const Sample> samples, std::string_view op,
+                                         std::vector<std::int64_t>& evicted) {
     const Retention& r = o.retention;
     std::vector<std::int64_t> ids;
     if (samples.empty()) return ids;
@@ -421,33 +426,41 @@ std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
             // capacity / t. The draw depends only on (seed, t), so it survives a reopen.
             Rng rng(r.seed ^ (static_cast<std::uint64_t>(offered) * 0x9e3779b97f4a7c15ULL));
             for (; count > r.capacity; --count)  // the capacity was lowered since last time
-                delete_sample_at(db, rng.below(static_cast<std::uint64_t>(count)), op);
+                delete_sample_at(db, rng.below(static_cast<std::uint64_t>(count)), op, evicted);
             if (count == r.capacity) {
                 const std::uint64_t slot = rng.below(static_cast<std::uint64_t>(offered));
                 if (slot >= static_cast<std::uint64_t>(r.capacity)) {
                     ids.push_back(SampleStore::not_kept);
                     continue;
                 }
-                delete_sample_at(db, slot, op);
+                delete_sample_at(db, slot, op, evicted);
                 --count;
             }
             ++count;
         }
         ids.push_back(insert_sample(db, s, o, now, op));
     }
-    if (r.kind == Retention::Kind::keep_newest)
-        Stmt(db, sql::trim_to_newest, op).bind(1, r.capacity - 1).run();
+    auto trimmed = [&evicted](Stmt& st) {
+        const std::vector<std::int64_t> gone = collect_ids(st);  // DELETE ... RETURNING id
+        evicted.insert(evicted.end(), gone.begin(), gone.end());
+    };
+    if (r.kind == Retention::Kind::keep_newest) {
+        Stmt st(db, sql::trim_to_newest, op);
+        st.bind(1, r.capacity - 1);
+        trimmed(st);
+    }
     if (r.kind == Retention::Kind::per_class_cap) {
         std::set<std::int32_t> labels;
         for (const Sample& s : samples) labels.insert(s.label);
-        for (std::int32_t label : labels)
-            Stmt(db, sql::trim_class_to_newest, op)
-                .bind(1, static_cast<std::int64_t>(label))
-                .bind(2, r.capacity - 1)
-                .run();
+        for (std::int32_t label : labels) {
+            Stmt st(db, sql::trim_class_to_newest, op);
+            st.bind(1, static_cast<std::int64_t>(label)).bind(2, r.capacity - 1);
+            trimmed(st);
+        }
     }
     put_meta(db, key_offered, std::to_string(offered), op);
     tx.commit();
+    std::sort(evicted.begin(), evicted.end());
     return ids;
 }
 
@@ -540,14 +553,22 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
 std::int64_t SampleStore::add(const Sample& sample) {
     constexpr std::string_view op = "sample_store.add";
     validate_sample(sample, impl_->options, op, -1);
-    return insert_samples(impl_->db, impl_->options, std::span(&sample, 1), op).front();
+    std::vector<std::int64_t> evicted;
+    return insert_samples(impl_->db, impl_->options, std::span(&sample, 1), op, evicted).front();
 }
 
 std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples) {
+    std::vector<std::int64_t> evicted;
+    return add_batch(samples, evicted);
+}
+
+std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples,
+                                                 std::vector<std::int64_t>& evicted) {
     constexpr std::string_view op = "sample_store.add_batch";
     for (std::size_t i = 0; i < samples.size(); ++i)
         validate_sample(samples[i], impl_->options, op, static_cast<std::ptrdiff_t>(i));
-    return insert_samples(impl_->db, impl_->options, samples, op);
+    evicted.clear();
+    return insert_samples(impl_->db, impl_->options, samples, op, evicted);
 }
 
 std::optional<Sample> SampleStore::get(std::int64_t id, Fields fields) const {

@@ -190,7 +190,7 @@ struct RunRecord {
 };
 
 namespace detail {
-class Db;  // the SQLite connection (db.hpp, private)
+class Db;  // the SQLite connection (detail/db.hpp, private)
 }
 
 // RAII write transaction. Every store method that writes joins an open Transaction (it becomes
@@ -248,6 +248,12 @@ public:
     // All or nothing, in one transaction; ids[i] belongs to samples[i]. With keep_newest, a
     // batch larger than the capacity keeps only its newest samples.
     std::vector<std::int64_t> add_batch(std::span<const Sample> samples);
+    // The same, and `evicted` (cleared first) receives, ascending, every id the retention
+    // policy deleted within this call: older samples, and samples of this batch that a
+    // keep_newest or per_class_cap policy trimmed at once (their ids[i] are ids no longer
+    // stored). So a caller knows what is stored without reading it back.
+    std::vector<std::int64_t> add_batch(std::span<const Sample> samples,
+                                        std::vector<std::int64_t>& evicted);
     std::optional<Sample> get(std::int64_t id, Fields fields = Fields::all) const;
     // One Sample per id, in order. Throws InvalidArgument naming missing ids.
     std::vector<Sample> get_many(std::span<const std::int64_t> ids,

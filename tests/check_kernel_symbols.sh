@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # check_kernel_symbols.sh LIB... — an AVX2 kernel variant defines no weak (linker-merged)
-# symbol outside its renamed Eigen namespace (autograd/gemm_kernel.cpp says why: otherwise the
+# symbol outside its renamed Eigen namespace (common/kernel_variant.hpp says why: otherwise the
 # linker may keep AVX2 code for calls made on a CPU without AVX2).
 set -euo pipefail
 for lib in "$@"; do

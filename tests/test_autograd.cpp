@@ -81,7 +81,7 @@ TEST_CASE("Var: copies share one node; value_mut updates in place") {
     const Var b = a;
     a.value_mut()(0, 1) = 5.0f;
     CHECK(b.value()(0, 1) == 5.0f);
-    CHECK(a.node() == b.node());
+    CHECK(a.identity() == b.identity());
 }
 
 TEST_CASE("Var: set_requires_grad turns a constant into a parameter and back") {
@@ -144,7 +144,7 @@ TEST_CASE("detach: a new constant leaf with the same value and no link to the gr
     Var d = y.detach();
     CHECK_FALSE(d.requires_grad());
     CHECK(d.value() == y.value());
-    CHECK(d.node() != y.node());
+    CHECK(d.identity() != y.identity());
     d.value_mut()(0, 0) = 100.0f;
     CHECK(y.value()(0, 0) != 100.0f);  // the value was copied
     // A loss through the detached branch only sends no gradient to p.

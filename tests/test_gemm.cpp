@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "autograd.hpp"
-#include "gemm.hpp"
+#include "detail/gemm.hpp"
 
 using namespace edgetune;
 

@@ -71,8 +71,8 @@ TEST_CASE("mlp: parameters() matches named_parameters() and is stable across cal
     REQUIRE(named.size() == 4);
     const auto again = net->parameters();
     for (std::size_t i = 0; i < params.size(); ++i) {
-        CHECK(params[i].node() == named[i].second.node());  // the same Vars, not copies
-        CHECK(params[i].node() == again[i].node());
+        CHECK(params[i].identity() == named[i].second.identity());  // the same Vars, not copies
+        CHECK(params[i].identity() == again[i].identity());
         CHECK(params[i].requires_grad());
     }
 }

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "adam_kernel.hpp"
+#include "detail/adam_kernel.hpp"
 #include "optim.hpp"
 
 using namespace edgetune;

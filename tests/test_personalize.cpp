@@ -14,7 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
-#include "frozen_kernel.hpp"
+#include "detail/frozen_kernel.hpp"
+#include "fashion_mnist.hpp"
+#include "idx.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -777,6 +779,35 @@ TEST_CASE("open records digest, head and a base checkpoint; reopen resumes the c
                     InvalidArgument);
 }
 
+TEST_CASE("head_checkpoint: the committed head in the stored head-checkpoint layout") {
+    Fixture fx;
+    TempDb db("head-checkpoint");
+    auto p = Personalizer::open(db.path, options(fx.bb, HeadSpec::linear(4)));
+    auto attr = [](const Checkpoint& c, const std::string& key) {
+        for (const auto& [k, v] : c.attrs)
+            if (k == key) return v;
+        return std::string("(missing)");
+    };
+    Checkpoint base = decode_checkpoint(p->head_checkpoint());
+    CHECK(base.kind == "head");
+    CHECK(attr(base, "backbone_digest") == fx.bb->digest());
+    CHECK(attr(base, "head") == *p->store().get_meta("personalize.head"));
+    CHECK(attr(base, "seen_classes") == "0000");
+    CHECK(base.metrics == "{}");
+    CHECK(same_bytes(base.tensors, p->head_parameters()));
+    p->add(fx.train);
+    const TrainReport r = p->train(quick);
+    REQUIRE_COMMITTED(r);
+    const std::vector<std::uint8_t> bytes = p->head_checkpoint();
+    // Exactly what the store holds for the committed head.
+    CHECK(bytes == p->store().latest_checkpoint(CheckpointKind::trained)->payload);
+    const Checkpoint trained = decode_checkpoint(bytes);
+    CHECK(attr(trained, "seen_classes") == "1111");
+    CHECK(trained.step == r.steps);
+    CHECK(trained.optimizer.kind == "adam");
+    CHECK(same_bytes(trained.tensors, p->head_parameters()));
+}
+
 TEST_CASE("add validates (width, NaN, label range), stores nothing on error, caches features") {
     Fixture fx;
     TempDb db("add");
@@ -1420,6 +1451,27 @@ TEST_CASE("forget everything: the head returns to the base") {
     CHECK(same_bytes(p->head_parameters(), base));
 }
 
+TEST_CASE("forget reports the ids it did not find and deletes the others") {
+    Fixture fx;
+    TempDb db("forget-not-found");
+    auto p = Personalizer::open(db.path, options(fx.bb, HeadSpec::linear(4)));
+    const auto ids = p->add(fx.train);
+    // Nothing trained yet: nothing to retrain, still a deletion and a list of the missing.
+    const std::vector<std::int64_t> request = {ids[0], 999999, ids[1], -4};
+    TrainReport r = p->forget(request);
+    CHECK(r.outcome == TrainReport::Outcome::nothing_to_do);
+    CHECK(r.not_found == std::vector<std::int64_t>{999999, -4});
+    CHECK(p->sample_count() == static_cast<std::int64_t>(ids.size()) - 2);
+    REQUIRE_COMMITTED(p->train(quick));
+    // A retrain from base, and the not_found list of this call only.
+    const std::vector<std::int64_t> again = {ids[0], ids[2]};
+    r = p->forget(again);
+    CHECK(r.retrained_from_base);
+    CHECK(r.not_found == std::vector<std::int64_t>{ids[0]});
+    CHECK(p->sample_count() == static_cast<std::int64_t>(ids.size()) - 3);
+    CHECK(p->forget(std::vector<std::int64_t>{ids[3]}).not_found.empty());
+}
+
 TEST_CASE("a forget whose retrain did not finish is completed at the next open") {
     // Simulates a crash between the deletion and the retrain's commit: the debt is recorded
     // in the same transaction as the deletion.
@@ -1520,49 +1572,96 @@ TEST_CASE("determinism: same seed, same samples, same options give byte-identica
 
 namespace {
 
-// Reads an IDX file (gzip): images [n x 784] scaled to [0, 1], or labels. Reads at most `limit`
-// items. Returns false if the file cannot be opened.
-bool read_idx(const std::string& path, std::size_t limit, std::vector<float>* images,
-              std::vector<std::int32_t>* labels) {
-    gzFile f = gzopen(path.c_str(), "rb");
-    if (!f) return false;
-    auto be32 = [&]() {
-        unsigned char b[4];
-        REQUIRE(gzread(f, b, 4) == 4);
-        return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) |
-               (std::uint32_t{b[2]} << 8) | b[3];
-    };
-    const std::uint32_t magic = be32();
-    const std::size_t n = std::min<std::size_t>(be32(), limit);
-    if (magic == 0x803) {
-        REQUIRE(be32() == 28);
-        REQUIRE(be32() == 28);
-        std::vector<unsigned char> raw(n * 784);
-        REQUIRE(gzread(f, raw.data(), static_cast<unsigned>(raw.size())) ==
-                static_cast<int>(raw.size()));
-        images->resize(raw.size());
-        for (std::size_t i = 0; i < raw.size(); ++i)
-            (*images)[i] = static_cast<float>(raw[i]) / 255.0f;
-    } else {
-        REQUIRE(magic == 0x801);
-        std::vector<unsigned char> raw(n);
-        REQUIRE(gzread(f, raw.data(), static_cast<unsigned>(n)) == static_cast<int>(n));
-        labels->assign(raw.begin(), raw.end());
+// The first `limit` images of a Fashion-MNIST split (examples/data's reader): x [n*784]
+// row-major in [0, 1], y [n]. Returns false if the dataset is not installed.
+bool load_split(fashion_mnist::Split split, std::int64_t limit, std::vector<float>& x,
+                std::vector<std::int32_t>& y) {
+    fashion_mnist::Dataset d;
+    try {
+        d = fashion_mnist::load(split, {.limit = limit});
+    } catch (const StorageError&) {
+        return false;
     }
-    gzclose(f);
+    REQUIRE(d.images.cols() == 784);
+    x.assign(d.images.data(), d.images.data() + d.images.size());
+    y.assign(d.labels.begin(), d.labels.end());
     return true;
 }
 
 }  // namespace
 
+TEST_CASE("idx::read: round trip, plain and gzip, and every refusal names file and field") {
+    // 5 images of 2x3 pixels (pixel k of image i = 10 i + k), labels 0..4.
+    auto be32 = [](std::vector<std::uint8_t>& out, std::uint32_t v) {
+        for (int shift = 24; shift >= 0; shift -= 8) out.push_back((v >> shift) & 0xffu);
+    };
+    std::vector<std::uint8_t> images, labels;
+    be32(images, 0x803);
+    be32(images, 5);
+    be32(images, 2);
+    be32(images, 3);
+    for (int i = 0; i < 5; ++i)
+        for (int k = 0; k < 6; ++k) images.push_back(static_cast<std::uint8_t>(10 * i + k));
+    be32(labels, 0x801);
+    be32(labels, 5);
+    for (int i = 0; i < 5; ++i) labels.push_back(static_cast<std::uint8_t>(i));
+    const std::string dir = temp_path("idx");
+    std::filesystem::create_directories(dir);
+    auto write = [&](const std::string& name, const std::vector<std::uint8_t>& bytes) {
+        write_file_atomic(dir + "/" + name, bytes);
+        return dir + "/" + name;
+    };
+    const std::string im = write("images.idx", images), lb = write("labels.idx", labels);
+    SUBCASE("round trip, all and a limit") {
+        const idx::Data d = idx::read(im, lb);
+        CHECK(d.rows == 2);
+        CHECK(d.cols == 3);
+        CHECK(d.size() == 5);
+        CHECK(d.pixels == std::vector<std::uint8_t>(images.begin() + 16, images.end()));
+        CHECK(d.labels == std::vector<std::uint8_t>{0, 1, 2, 3, 4});
+        const idx::Data two = idx::read(im, lb, 2);
+        CHECK(two.size() == 2);
+        CHECK(two.pixels.size() == 12);
+    }
+    SUBCASE("gzip") {
+        const std::string gz = dir + "/images.idx.gz";
+        gzFile f = gzopen(gz.c_str(), "wb");
+        REQUIRE(f != nullptr);
+        REQUIRE(gzwrite(f, images.data(), static_cast<unsigned>(images.size())) ==
+                static_cast<int>(images.size()));
+        gzclose(f);
+        CHECK(idx::read(gz, lb).pixels == idx::read(im, lb).pixels);
+    }
+    SUBCASE("refusals") {
+        CHECK(thrown<StorageError>([&] { idx::read(dir + "/none", lb); }) ==
+              "[idx] cannot open '" + dir + "/none'");
+        CHECK(thrown<CorruptData>([&] { idx::read(lb, lb); }) ==
+              "[idx] '" + lb + "' is not an IDX image file (magic 0x00000801)");
+        CHECK(thrown<CorruptData>([&] { idx::read(im, im); }) ==
+              "[idx] '" + im + "' is not an IDX label file (magic 0x00000803)");
+        std::vector<std::uint8_t> fewer = labels;
+        fewer[7] = 4;
+        const std::string lb4 = write("labels4.idx", fewer);
+        CHECK(thrown<CorruptData>([&] { idx::read(im, lb4); }) ==
+              "[idx] '" + im + "' has 5 images but '" + lb4 + "' has 4 labels");
+        const std::string cut =
+            write("cut.idx", std::vector<std::uint8_t>(images.begin(), images.end() - 1));
+        CHECK(thrown<CorruptData>([&] { idx::read(cut, lb); }) ==
+              "[idx] '" + cut + "': short read of pixels");
+        CHECK(thrown<CorruptData>([&] {
+                  idx::read(write("empty.idx", {}), lb);
+              }).find("short read of magic number") != std::string::npos);
+        CHECK_THROWS_AS(idx::read(im, lb, -1), InvalidArgument);
+    }
+    std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("Fashion-MNIST: enroll 4 new classes from 5 shots each without forgetting the old 6") {
     const std::string dir = "/usr/share/datasets/fashion-mnist/";
     std::vector<float> train_x, test_x;
     std::vector<std::int32_t> train_y, test_y;
-    if (!read_idx(dir + "train-images-idx3-ubyte.gz", 6000, &train_x, nullptr) ||
-        !read_idx(dir + "train-labels-idx1-ubyte.gz", 6000, nullptr, &train_y) ||
-        !read_idx(dir + "t10k-images-idx3-ubyte.gz", 2000, &test_x, nullptr) ||
-        !read_idx(dir + "t10k-labels-idx1-ubyte.gz", 2000, nullptr, &test_y)) {
+    if (!load_split(fashion_mnist::Split::train, 6000, train_x, train_y) ||
+        !load_split(fashion_mnist::Split::test, 2000, test_x, test_y)) {
         MESSAGE("Fashion-MNIST not found in "
                 << dir << ": skipping (apt-get install dataset-fashion-mnist)");
         return;

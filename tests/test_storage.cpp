@@ -271,6 +271,57 @@ TEST_CASE("retention: per-class cap evicts the oldest of the full class") {
     CHECK_THROWS_AS(SampleStore::open(db2.path, bad), InvalidArgument);
 }
 
+TEST_CASE("retention: add_batch reports every sample it evicted, this batch's included") {
+    // stored before + kept ids of the batch - evicted == stored after, and evicted were stored.
+    auto check_accounting = [](SampleStore& store, const std::vector<Sample>& batch) {
+        const std::vector<std::int64_t> before = all_ids(store);
+        std::vector<std::int64_t> evicted{-1};  // cleared by add_batch
+        const std::vector<std::int64_t> ids = store.add_batch(batch, evicted);
+        CHECK(std::is_sorted(evicted.begin(), evicted.end()));
+        std::set<std::int64_t> expected(before.begin(), before.end());
+        for (std::int64_t id : ids)
+            if (id != SampleStore::not_kept) expected.insert(id);
+        for (std::int64_t id : evicted) CHECK(expected.erase(id) == 1);
+        CHECK(std::vector<std::int64_t>(expected.begin(), expected.end()) == all_ids(store));
+        return std::make_pair(ids, evicted);
+    };
+    StoreOptions o = image_options();
+    SUBCASE("keep_newest: older samples, then this batch's own oldest") {
+        TempDb db("evict-newest");
+        o.retention = Retention::keep_newest(3);
+        SampleStore store = SampleStore::open(db.path, o);
+        const auto first = check_accounting(store, std::vector<Sample>(2, image_sample(0, 0)));
+        CHECK(first.second.empty());
+        const auto [ids, evicted] =
+            check_accounting(store, std::vector<Sample>(5, image_sample(1, 1)));
+        // The 2 older samples and the batch's first 2: only its newest 3 remain.
+        CHECK(evicted == std::vector<std::int64_t>{first.first[0], first.first[1], ids[0], ids[1]});
+    }
+    SUBCASE("per_class_cap: only the full classes") {
+        TempDb db("evict-perclass");
+        o.retention = Retention::per_class_cap(2);
+        SampleStore store = SampleStore::open(db.path, o);
+        const auto zeros = check_accounting(store, std::vector<Sample>(2, image_sample(0, 0)));
+        std::vector<Sample> mixed = {image_sample(1, 0), image_sample(2, 1), image_sample(3, 1),
+                                     image_sample(4, 1)};
+        const auto [ids, evicted] = check_accounting(store, mixed);
+        CHECK(evicted == std::vector<std::int64_t>{zeros.first[0], ids[1]});
+    }
+    SUBCASE("reservoir: replaced slots and not-kept offers") {
+        TempDb db("evict-reservoir");
+        o.retention = Retention::reservoir(5, 3);
+        SampleStore store = SampleStore::open(db.path, o);
+        std::size_t evictions = 0;
+        for (int round = 0; round < 6; ++round) {
+            std::vector<Sample> batch;
+            for (int i = 0; i < 7; ++i) batch.push_back(image_sample(static_cast<float>(i), 0));
+            evictions += check_accounting(store, batch).second.size();
+        }
+        CHECK(store.count() == 5);
+        CHECK(evictions > 0);
+    }
+}
+
 TEST_CASE("retention: reservoir is uniform, seeded and survives reopen") {
     // Kept inputs as a set of the offer index stored in input[0].
     auto kept_offers = [](const SampleStore& store) {

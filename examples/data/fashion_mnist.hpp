@@ -5,10 +5,9 @@
 //   auto test = fashion_mnist::load(fashion_mnist::Split::test, {.limit = 2000});
 //   // train.images [n x 784] in [0, 1], train.labels [n] in [0, 10)
 //
-// IDX format (big-endian): images start with magic 0x00000803, count, rows, cols, then
-// count*rows*cols bytes; labels with magic 0x00000801, count, then count bytes. Every field is
-// validated (magic, 28x28, counts of the two files agree, labels < 10, no short read): a bad
-// file throws edgetune::CorruptData naming the file and the field, a missing one StorageError.
+// The files are read by idx.hpp (magic, counts of the two files agree, no short read); this adds
+// the checks of the dataset (28x28, labels < 10): a bad file throws edgetune::CorruptData naming
+// the file and the field, a missing one StorageError.
 // Limits: 28x28 single-channel images only (what the dataset ships); the whole split is read
 // into memory (60000 x 784 floats = 188 MB for the full training set).
 #pragma once

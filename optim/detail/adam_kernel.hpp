@@ -1,7 +1,8 @@
-// adam_kernel.hpp — the fused Adam/AdamW element update, picked at run time per CPU (private).
+// detail/adam_kernel.hpp — the fused Adam/AdamW element update, picked at run time per CPU
+// (private).
 //
 // Adam's sqrt and division per element made it a third of an MLP head's step at SSE2 width;
-// like the matrix product (autograd/gemm.hpp), adam_kernel.cpp is compiled once per
+// like the matrix product (autograd/detail/gemm.hpp), adam_kernel.cpp is compiled once per
 // instruction set and adam_step() calls the best one the CPU has (common/cpu.hpp).
 #pragma once
 

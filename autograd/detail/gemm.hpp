@@ -1,4 +1,5 @@
-// gemm.hpp — the matrix product behind matmul and linear, picked at run time per CPU (private).
+// detail/gemm.hpp — the matrix product behind matmul and linear, picked at run time per CPU
+// (private).
 //
 // Eigen compiles for one instruction set, chosen at build time. A library built for generic
 // x86-64 (SSE2, as Debian builds) would run its products at half the speed an AVX2+FMA CPU

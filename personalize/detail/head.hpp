@@ -1,4 +1,4 @@
-// head.hpp — the trainable head on top of frozen features (private to personalize/).
+// detail/head.hpp — the trainable head on top of frozen features (private to personalize/).
 //
 // Invariant: parameters() order is stable and matches the tensors of a head checkpoint.
 #pragma once

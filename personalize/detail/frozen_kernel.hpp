@@ -1,4 +1,4 @@
-// frozen_kernel.hpp — the dense layer behind Backbone::features, picked at run time per CPU
+// detail/frozen_kernel.hpp — the dense layer behind Backbone::features, picked at run time per CPU
 // (private).
 //
 // Batch-invariant: out[r][j] is computed by the same floating-point operations whatever the

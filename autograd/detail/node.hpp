@@ -1,4 +1,4 @@
-// node.hpp — the private graph node behind Var (not part of the public contract).
+// detail/node.hpp — the private graph node behind Var (not part of the public contract).
 //
 // Invariants:
 // - A leaf has no inputs and no backward_fn; an op output that requires grad has both.
@@ -34,6 +34,15 @@ public:
 
     bool is_leaf() const { return !backward_fn; }
 };
+
+// The one way into a Var's node (Var keeps it private): ops build nodes and wrap them,
+// backward() walks them.
+namespace detail {
+struct NodeAccess {
+    static const std::shared_ptr<Node>& node(const Var& v) { return v.node_; }
+    static Var wrap(std::shared_ptr<Node> node) { return Var(std::move(node)); }
+};
+}  // namespace detail
 
 // ---- buffer cache (autograd/buffers.cpp) -----------------------------------------------
 // Every op value, gradient and saved tensor comes from acquire_buffer() and goes back through

@@ -1,7 +1,8 @@
-// db.hpp — private RAII layer over one SQLite connection (never included by a public header).
+// detail/db.hpp — private RAII layer over one SQLite connection (never included by a public
+// header).
 //
 // Db owns the sqlite3 handle and a cache of prepared statements keyed by the address of the
-// SQL constant in sql.cpp (every statement is prepared once per connection). Stmt borrows a
+// SQL constant in detail/sql.hpp (every statement is prepared once per connection). Stmt borrows a
 // cached statement for one use and resets it on scope exit. TxGuard is the transaction guard
 // used by every multi-statement write. Db::check() is the one place that turns SQLite result
 // codes into StorageError. A writable store's Db may also own a Checkpointer (db.cpp): WAL
@@ -34,7 +35,7 @@ public:
 
     // Throws StorageError "[what] <sqlite3_errmsg> (<code name>)" unless rc is OK/ROW/DONE.
     void check(int rc, std::string_view what) const;
-    // The cached prepared statement for `sql` (a constant from sql.cpp).
+    // The cached prepared statement for `sql` (a constant from detail/sql.hpp).
     sqlite3_stmt* prepare(const char* sql, std::string_view what);
     // Runs SQL text without caching it (schema scripts, pragmas with literal values).
     void exec(const std::string& sql, std::string_view what);

@@ -1,4 +1,4 @@
-// sql.hpp — every SQL string of storage/, and nothing else (private header).
+// detail/sql.hpp — every SQL string of storage/, and nothing else (private header).
 //
 // Each statement is an inline constant, so it has one address: Db caches its prepared form
 // keyed by that address. Parameters are ?N placeholders; PRAGMAs that take a literal value are
@@ -104,14 +104,14 @@ inline constexpr char select_id_at_offset[] =
     "SELECT id FROM samples ORDER BY id LIMIT 1 OFFSET ?1";
 inline constexpr char delete_sample[] = "DELETE FROM samples WHERE id = ?1";
 inline constexpr char delete_samples_before[] = "DELETE FROM samples WHERE created_at < ?1";
-// Keeps the ?1 + 1 highest ids.
+// Keeps the ?1 + 1 highest ids; returns the deleted ids.
 inline constexpr char trim_to_newest[] =
     "DELETE FROM samples WHERE id < "
-    "(SELECT id FROM samples ORDER BY id DESC LIMIT 1 OFFSET ?1)";
-// Keeps the ?2 + 1 highest ids of class ?1.
+    "(SELECT id FROM samples ORDER BY id DESC LIMIT 1 OFFSET ?1) RETURNING id";
+// Keeps the ?2 + 1 highest ids of class ?1; returns the deleted ids.
 inline constexpr char trim_class_to_newest[] =
     "DELETE FROM samples WHERE label = ?1 AND id < "
-    "(SELECT id FROM samples WHERE label = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)";
+    "(SELECT id FROM samples WHERE label = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2) RETURNING id";
 
 // --- features ------------------------------------------------------------------------------
 inline constexpr char upsert_feature[] =

@@ -1,4 +1,4 @@
-// format.hpp — private helpers for optim/ error messages (not part of the public contract).
+// detail/format.hpp — private helpers for optim/ error messages (not part of the public contract).
 //
 // NOTE: the checks run inside step() and Schedule::step(), which must not allocate: names are
 // string_views and a message string is built only when a check fails.

@@ -1,0 +1,83 @@
+// decision.cpp — what a training run does with its result: commit the trained head, roll back,
+// or fall back to the base head (detail/training.hpp holds the table).
+#include <cmath>
+
+#include "detail/training.hpp"
+
+namespace edgetune::detail {
+
+namespace {
+
+using Outcome = TrainReport::Outcome;
+
+// Classification: worse = class-balanced accuracy dropped by more than the tolerance AND the
+// loss did not improve. Balanced, so that an enrollment trading a little of many old samples
+// for a new class with a handful of shots counts as the gain it is; both signals, because on a
+// small split one sample moves accuracy by several percent while the loss (a proper score)
+// moves smoothly: a 5-shot enrollment otherwise fails the guard about every other time on noise.
+bool worse(const Metrics& before, const Metrics& after, bool classifies, float tolerance) {
+    if (classifies)
+        return after.balanced_accuracy < before.balanced_accuracy - tolerance &&
+               after.loss >= before.loss;
+    return after.loss > before.loss * (1.0 + tolerance);
+}
+
+}  // namespace
+
+std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, bool zero_epochs,
+                                         bool from_base) {
+    if (!no_train_rows && !(zero_epochs && !from_base)) return std::nullopt;
+    std::string reason =
+        store_empty     ? "the store holds no samples"
+        : no_train_rows ? "no training samples (all are in the validation split or nothing is new)"
+                        : "epochs = 0";
+    // A retrain from base must still lose what the head learned from removed samples.
+    if (from_base)
+        return Decision{.action = Action::commit_base_covering,
+                        .outcome = Outcome::committed,
+                        .reason = reason + ": committed the base head"};
+    return Decision{
+        .action = Action::log_only, .outcome = Outcome::nothing_to_do, .reason = reason};
+}
+
+Decision decide(const RunFacts& f) {
+    if (f.stop.why == LoopStop::Why::cancelled) {
+        const std::string reason = "cancelled after " + std::to_string(f.steps) + " steps";
+        if (!f.from_base)
+            return {.action = Action::log_only,
+                    .outcome = Outcome::cancelled,
+                    .reason = reason + "; the last committed head is kept"};
+        // A retrain from base never keeps the old head: the base is committed, and every
+        // sample counts as new for the next train().
+        return {.action = Action::commit_base,
+                .outcome = Outcome::cancelled,
+                .reason = reason + "; committed the base head, every sample counts as new"};
+    }
+    const bool nan_after = f.after && !std::isfinite(f.after->loss);
+    if (!f.healthy() || nan_after) {
+        std::string reason = f.stop.why == LoopStop::Why::diverged ? f.stop.reason
+                             : !f.params_finite                    ? "a parameter became NaN/Inf"
+                             : !f.optimizer_finite    ? "the optimizer state became NaN/Inf"
+                             : !f.stop.reason.empty() ? f.stop.reason
+                                                      : "validation loss is not finite";
+        if (!f.from_base)
+            return {.action = Action::log_only, .outcome = Outcome::rolled_back, .reason = reason};
+        // Exact unlearning must not keep the old head: fall back to the base head.
+        return {.action = Action::commit_base,
+                .outcome = Outcome::committed,
+                .reason = reason + "; committed the base head instead, every sample counts as new",
+                .drop_after = true};
+    }
+    if (!f.from_base && f.before && f.after &&
+        worse(*f.before, *f.after, f.classifies, f.tolerance))
+        return {.action = Action::log_only,
+                .outcome = Outcome::rolled_back,
+                .reason = "validation got worse: " + metrics_json(*f.before) + " -> " +
+                          metrics_json(*f.after)};
+    std::string reason = !f.stop.reason.empty() ? f.stop.reason
+                         : f.before             ? "completed"
+                                                : "completed (no validation samples: unguarded)";
+    return {.action = Action::commit_trained, .outcome = Outcome::committed, .reason = reason};
+}
+
+}  // namespace edgetune::detail

@@ -1,0 +1,192 @@
+// detail/training.hpp — the policies of one training run, as plain functions over plain data
+// (private to personalize/). Personalizer::Impl::run calls them in this order:
+//
+//   read_dataset     what is stored: labels, targets, weights, cached features (dataset.cpp)
+//   mark_validation  which rows are held out (rows.cpp)
+//   select_rows      which rows train: the new ones plus the replay draw (rows.cpp)
+//   prepare_loss     prototype init, class weights, the base pull (loss.cpp)
+//   run_epochs       the loop of one step: zero grad, forward, backward, clip, step, schedule,
+//                    budgets, progress (loop.cpp)
+//   decide           commit, roll back or fall back to the base head (decision.cpp)
+//
+// Only read_dataset touches the database; each of the others is unit-tested on a Dataset built
+// in memory (tests/test_training.cpp).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "detail/head.hpp"
+#include "personalize.hpp"
+
+namespace edgetune::detail {
+
+using Clock = std::chrono::steady_clock;
+
+// Throws InvalidArgument naming the first bad option (optimizer and schedule included), before
+// a run reads the store or forget() deletes anything (loop.cpp).
+void validate_train_options(const TrainOptions& o);
+
+// Everything stored that training reads: one row per sample, ascending id.
+// Invariant: every member has ids.size() rows (targets: regression only, else empty).
+struct Dataset {
+    std::vector<std::int64_t> ids;
+    IdList labels;   // classification
+    Matrix targets;  // regression [n x W]
+    std::vector<float> weights;
+    Matrix features;  // [n x F]
+    std::vector<bool> validation;
+};
+
+// ---- datasets (dataset.cpp) -------------------------------------------------------------------
+
+// Every stored sample (ascending id) with its cached features for `digest` [n x feature_dim];
+// validation is left empty (mark_validation sets it). Throws InvalidArgument when a sample
+// disappears between two reads (retention on another connection): the caller retries.
+Dataset read_dataset(const SampleStore& st, const HeadSpec& spec, const std::string& digest,
+                     Index feature_dim);
+
+// The caller's labelled samples with their features [n x F], for evaluation. Throws
+// InvalidArgument naming the sample whose label or target does not fit the head.
+Dataset dataset_of(std::span<const Sample> samples, Matrix features, const HeadSpec& spec);
+
+// ---- rows (rows.cpp) ------------------------------------------------------------------------
+
+// A class with fewer stored samples than this keeps all of them for training (no split).
+constexpr std::int64_t min_class_for_split = 5;
+
+// Sets d.validation: a row is held out when its class has at least min_class_for_split rows
+// and a hash of its feature row and label (seeded) falls below `fraction`. The side a sample is
+// on depends on its content, never its id, so forget() + retrain equals never having added it.
+// NOTE: stratified in expectation only; a class with few samples may have none held out.
+void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float fraction);
+
+// Rows (indices into a Dataset), ascending.
+struct RowSelection {
+    std::vector<std::size_t> validation;
+    std::vector<std::size_t> train;
+};
+
+// Validation rows are never trained on. Rows with id > trained_upto are new and always train;
+// older rows train as `replay` says (all, none, a uniform reservoir of `size`, or up to `size`
+// per class), drawn from `rng`. A retrain from base passes trained_upto = 0: everything is new.
+RowSelection select_rows(const Dataset& d, const HeadSpec& spec, std::int64_t trained_upto,
+                         const Replay& replay, Rng& rng);
+
+// ---- loss (loss.cpp) --------------------------------------------------------------------------
+
+// The loss of a run beyond the head's own output: cross-entropy options (smoothing, class
+// weights) and the L2 pull toward the base head's parameters (index-aligned with parameters()).
+struct LossTerms {
+    CrossEntropyOptions ce{};
+    std::vector<Var> base_params{};
+    float base_pull = 0.0f;
+};
+
+// Prototype heads: classes in `train_rows` not yet in `seen` start at their class mean. Marks
+// the trained classes in `seen`; computes inverse-frequency class weights when
+// o.balance_classes; copies the base head's parameters when o.base_pull > 0.
+LossTerms prepare_loss(Head& head, std::vector<bool>& seen, const Dataset& d,
+                       const std::vector<std::size_t>& train_rows, const TrainOptions& o,
+                       const Head& base);
+
+// ---- the epoch loop (loop.cpp) ----------------------------------------------------------------
+
+// What the loop carries from epoch to epoch. Contract: run_epochs(loop, .., a) followed by
+// run_epochs(loop, .., b) leaves loop (parameters, optimizer, schedule, rng, order, curve) exactly
+// as one run_epochs(loop, .., a + b) does (tests/test_personalize.cpp checks it bit for bit).
+struct TrainLoop {
+    std::vector<Var> params;  // head.parameters()
+    std::unique_ptr<Optimizer> optimizer;
+    std::unique_ptr<Schedule> schedule;
+    Rng rng;
+    std::vector<std::size_t> order;  // the training rows, reshuffled in place every epoch
+    int epoch = 0;                   // epochs started
+    int last_epoch = 0;              // the last epoch that took at least one step
+    std::int64_t steps = 0;
+    std::vector<float> loss_curve;  // mean training loss per epoch that took a step
+};
+
+// Fresh optimizer and schedule over head.parameters(); with `resume`, the saved optimizer state
+// is continued when its kind matches (lr stays the option's), else the moments start fresh.
+TrainLoop start_loop(Head& head, const TrainOptions& o, const OptimizerState* resume, Rng rng,
+                     std::vector<std::size_t> rows);
+
+// Why run_epochs returned before its last epoch ended.
+struct LoopStop {
+    enum class Why { none, cancelled, budget, diverged };
+    Why why = Why::none;
+    std::string reason;  // budget or divergence, in words; empty otherwise
+};
+
+// Runs `epochs` more epochs of batches of o.batch rows. Stops between steps on o.stop, on
+// o.max_steps (counted over loop.steps) and o.deadline (since `start`); a non-finite loss stops
+// it before the step. Progress steps count from `step_offset` (the checkpoint's step).
+// A plateau schedule steps once per epoch on its mean loss, the others once per step.
+LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTerms& terms,
+                    const TrainOptions& o, int epochs, Clock::time_point start,
+                    std::int64_t step_offset);
+
+// Loss and accuracies of `head` over `rows` of d (no graph is recorded).
+Metrics evaluate_rows(Head& head, const Dataset& d, const std::vector<std::size_t>& rows);
+
+// ---- the decision (decision.cpp) --------------------------------------------------------------
+
+// What a run does with what it trained.
+enum class Action {
+    log_only,              // keep the committed head; only the training log records the run
+    commit_trained,        // commit the trained head; every stored sample counts as trained on
+    commit_base,           // commit the base head; every sample counts as new (trained_upto = 0)
+    commit_base_covering,  // commit the base head; every stored sample counts as trained on
+};
+
+struct Decision {
+    Action action = Action::log_only;
+    TrainReport::Outcome outcome = TrainReport::Outcome::nothing_to_do;
+    std::string reason;
+    bool drop_after = false;  // the `after` metrics describe a head that is not committed
+};
+
+// What the decision reads about a run that trained (all of it plain data).
+struct RunFacts {
+    bool from_base = false;  // forget() / upgrade: the old head must never be kept
+    bool classifies = true;
+    float tolerance = 0.0f;
+    std::int64_t steps = 0;
+    LoopStop stop{};
+    bool params_finite = true;
+    bool optimizer_finite = true;
+    std::optional<Metrics> before{}, after{};  // validation metrics; after only when healthy()
+    // Neither cancelled nor diverged: the trained head may be evaluated.
+    bool healthy() const {
+        return stop.why != LoopStop::Why::cancelled && stop.why != LoopStop::Why::diverged &&
+               params_finite && optimizer_finite;
+    }
+};
+
+// A run with nothing to train (an empty store, no training rows, or epochs = 0 on an
+// incremental run): the base head is committed on a retrain from base (it must lose what removed
+// samples taught), else the run is only logged. nullopt: there is something to train.
+std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, bool zero_epochs,
+                                         bool from_base);
+
+// The table, first matching row wins:
+//   cancelled                  incremental: keep the old head (cancelled)
+//                              from base:   commit the base head (cancelled)
+//   diverged or NaN val. loss  incremental: roll back
+//                              from base:   commit the base head (committed)
+//   incremental, validation worse by more than the tolerance: roll back
+//   otherwise                  commit the trained head
+// "Worse" for classification: balanced accuracy dropped by more than the tolerance AND the
+// loss did not improve; for regression: the loss rose by more than the tolerance fraction.
+Decision decide(const RunFacts& f);
+
+// The metrics as the training log writes them: {"loss":..,"accuracy":..,..}.
+std::string metrics_json(const Metrics& m);
+
+}  // namespace edgetune::detail

@@ -1,0 +1,94 @@
+// rows.cpp — which rows a training run holds out and which it trains on: the content-hashed
+// validation split and the replay draw of older samples (detail/training.hpp).
+#include <algorithm>
+#include <cstring>
+
+#include "detail/training.hpp"
+
+namespace edgetune::detail {
+
+namespace {
+
+// Uniform in [0, 1) from a sample's cached feature row and label (FNV-1a over the bytes, then
+// a murmur finalizer), so the split follows the content and the seed only.
+double split_draw(const float* row, Index width, std::int32_t label, std::uint64_t seed) {
+    std::uint64_t h = 0xcbf29ce484222325ULL ^ (seed * 0x9e3779b97f4a7c15ULL);
+    auto mix = [&h](std::uint32_t word) {
+        for (int k = 0; k < 4; ++k) {
+            h ^= (word >> (8 * k)) & 0xffu;
+            h *= 0x100000001b3ULL;
+        }
+    };
+    for (Index j = 0; j < width; ++j) {
+        std::uint32_t bits;
+        std::memcpy(&bits, row + j, sizeof bits);
+        mix(bits);
+    }
+    mix(static_cast<std::uint32_t>(label));
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+}  // namespace
+
+void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float fraction) {
+    // Classes (a regression store is one class) with fewer than min_class_for_split samples
+    // keep all for training: one-shot enrollment must not lose its only shot.
+    std::vector<std::int64_t> per_class(
+        spec.classifies() ? static_cast<std::size_t>(spec.outputs) : 1, 0);
+    auto class_of = [&](std::size_t i) {
+        return spec.classifies() ? static_cast<std::size_t>(d.labels[i]) : std::size_t{0};
+    };
+    for (std::size_t i = 0; i < d.ids.size(); ++i) ++per_class[class_of(i)];
+    d.validation.resize(d.ids.size());
+    for (std::size_t k = 0; k < d.ids.size(); ++k) {
+        const auto i = static_cast<Index>(k);
+        d.validation[k] =
+            per_class[class_of(k)] >= min_class_for_split &&
+            split_draw(d.features.row(i).data(), d.features.cols(), d.labels[k], seed) < fraction;
+    }
+}
+
+RowSelection select_rows(const Dataset& d, const HeadSpec& spec, std::int64_t trained_upto,
+                         const Replay& replay, Rng& rng) {
+    RowSelection s;
+    std::vector<std::size_t> old_rows;
+    for (std::size_t i = 0; i < d.ids.size(); ++i) {
+        if (d.validation[i])
+            s.validation.push_back(i);
+        else if (d.ids[i] > trained_upto)
+            s.train.push_back(i);
+        else
+            old_rows.push_back(i);
+    }
+    if (replay.kind == Replay::Kind::all) {
+        s.train.insert(s.train.end(), old_rows.begin(), old_rows.end());
+    } else if (replay.kind == Replay::Kind::reservoir) {
+        // A uniform draw of `size` older samples (partial Fisher-Yates, seeded).
+        const std::size_t k = std::min(old_rows.size(), static_cast<std::size_t>(replay.size));
+        for (std::size_t i = 0; i < k; ++i)
+            std::swap(old_rows[i], old_rows[i + rng.below(old_rows.size() - i)]);
+        s.train.insert(s.train.end(), old_rows.begin(),
+                       old_rows.begin() + static_cast<std::ptrdiff_t>(k));
+    } else if (replay.kind == Replay::Kind::class_balanced) {
+        // Up to `size` older samples per class, drawn uniformly within each class.
+        for (std::size_t i = old_rows.size(); i > 1; --i)
+            std::swap(old_rows[i - 1], old_rows[rng.below(i)]);
+        std::vector<std::int64_t> taken(static_cast<std::size_t>(spec.outputs), 0);
+        for (std::size_t r : old_rows) {
+            const std::size_t c = spec.classifies() ? static_cast<std::size_t>(d.labels[r]) : 0;
+            if (taken[c] < replay.size) {
+                ++taken[c];
+                s.train.push_back(r);
+            }
+        }
+    }
+    // Ascending row = ascending id: the order (and so the shuffles) depends on which samples
+    // are stored, never on their id values.
+    std::sort(s.train.begin(), s.train.end());
+    return s;
+}
+
+}  // namespace edgetune::detail
