@@ -288,8 +288,8 @@ Shape parse_conv(LineReader& r, Layer& l, GraphParser& g, const Shape& in) {
         r.bad("has " + std::to_string(l.groups) + " groups for " + std::to_string(c) +
               " input and " + std::to_string(m) + " output channels");
     const Index depth = mul_sat(c / l.groups, mul_sat(l.kernel[0], l.kernel[1]));
-    check_weight(r, l.weight, mul_sat(l.groups, depth), m / l.groups, "weight");
-    // The im2col rows of one sample, one group at a time.
+    check_weight(r, l.weight, m, depth, "weight");
+    // The im2col matrix of one sample, one group at a time.
     if (mul_sat(out.dims[1] * out.dims[2], depth) > FrozenGraph::max_value_size)
         r.bad("needs an im2col buffer above " + std::to_string(FrozenGraph::max_value_size) +
               " floats per sample");
@@ -467,41 +467,63 @@ FrozenGraph::FrozenGraph(Checkpoint checkpoint) : checkpoint_(std::move(checkpoi
 
 namespace {
 
-// im2col rows (one per output position, K = C/g*kh*kw values in weight order c, i, j) times the
-// group's weight block, one group at a time; padding reads as 0.
-void run_conv(const Layer& l, const Shape& is, const Shape& os, const Matrix& x, Matrix& y) {
-    const Index n = x.rows(), h = is.dims[1], w = is.dims[2];
-    const Index m = os.dims[0], ho = os.dims[1], wo = os.dims[2], positions = ho * wo;
-    const Index cg = is.dims[0] / l.groups, mg = m / l.groups;
-    const Index depth = cg * l.kernel[0] * l.kernel[1];
-    Matrix cols(n * positions, depth);
-    Matrix part(n * positions, mg);
-    y.resize(n, m * positions);
-    for (Index gi = 0; gi < l.groups; ++gi) {
-        for (Index s = 0; s < n; ++s) {
-            const float* xs = x.data() + s * x.cols();
-            for (Index oh = 0; oh < ho; ++oh)
-                for (Index ow = 0; ow < wo; ++ow) {
-                    float* row = cols.data() + (s * positions + oh * wo + ow) * depth;
-                    for (Index c = 0; c < cg; ++c) {
-                        const float* plane = xs + (gi * cg + c) * h * w;
-                        for (Index i = 0; i < l.kernel[0]; ++i) {
-                            const Index ih = oh * l.stride[0] - l.pad[0] + i * l.dilation[0];
-                            for (Index j = 0; j < l.kernel[1]; ++j) {
-                                const Index iw = ow * l.stride[1] - l.pad[1] + j * l.dilation[1];
-                                const bool inside = ih >= 0 && ih < h && iw >= 0 && iw < w;
-                                *row++ = inside ? plane[ih * w + iw] : 0.0f;
-                            }
-                        }
+// Caffe's im2col: one group's input patches of one sample as cols [K x P] (K = C/g*kh*kw in the
+// weight's order c, i, j; P = Ho*Wo output positions); padding reads as 0.
+void im2col(const Layer& l, const Shape& is, const Shape& os, const float* x, Index group,
+            float* cols) {
+    const Index h = is.dims[1], w = is.dims[2], ho = os.dims[1], wo = os.dims[2];
+    const Index cg = is.dims[0] / l.groups;
+    for (Index c = 0; c < cg; ++c) {
+        const float* plane = x + (group * cg + c) * h * w;
+        for (Index i = 0; i < l.kernel[0]; ++i)
+            for (Index j = 0; j < l.kernel[1]; ++j) {
+                const Index dj = j * l.dilation[1] - l.pad[1];
+                // Output columns whose input column iw = ow * stride + dj lies inside [0, w).
+                const Index lo = std::min(dj >= 0 ? 0 : (-dj + l.stride[1] - 1) / l.stride[1], wo);
+                const Index hi = std::clamp((w - dj + l.stride[1] - 1) / l.stride[1], lo, wo);
+                for (Index oh = 0; oh < ho; ++oh, cols += wo) {
+                    const Index ih = oh * l.stride[0] - l.pad[0] + i * l.dilation[0];
+                    if (ih < 0 || ih >= h) {
+                        std::fill(cols, cols + wo, 0.0f);
+                        continue;
                     }
+                    const float* src = plane + ih * w + dj;
+                    std::fill(cols, cols + lo, 0.0f);
+                    for (Index ow = lo; ow < hi; ++ow) cols[ow] = src[ow * l.stride[1]];
+                    std::fill(cols + hi, cols + wo, 0.0f);
                 }
+            }
+    }
+}
+
+// Per sample and group: weight rows [M/g x K] times im2col [K x P] through frozen_dense (rows =
+// output channels, columns = positions, so the result is already CHW), then + bias per channel:
+// each element is acc = sum over k in order, then acc + 0 (the kernel's column bias), then
+// + b[m]. A 1x1, stride-1, unpadded conv reads the input itself as its im2col.
+void run_conv(const Layer& l, const Shape& is, const Shape& os, const Matrix& x, Matrix& y) {
+    const Index n = x.rows(), m = os.dims[0], positions = os.dims[1] * os.dims[2];
+    const Index mg = m / l.groups, depth = l.weight->cols();
+    const bool direct = l.kernel[0] == 1 && l.kernel[1] == 1 && l.stride[0] == 1 &&
+                        l.stride[1] == 1 && l.pad[0] + l.pad[1] + l.pad[2] + l.pad[3] == 0;
+    std::vector<float> cols(direct ? 0 : static_cast<std::size_t>(depth * positions));
+    const std::vector<float> zeros(static_cast<std::size_t>(positions), 0.0f);
+    y.resize(n, m * positions);
+    for (Index s = 0; s < n; ++s) {
+        const float* xs = x.data() + s * x.cols();
+        float* ys = y.data() + s * y.cols();
+        for (Index gi = 0; gi < l.groups; ++gi) {
+            const float* patches = xs + gi * depth * positions;
+            if (!direct) {
+                im2col(l, is, os, xs, gi, cols.data());
+                patches = cols.data();
+            }
+            frozen_dense(mg, depth, positions, l.weight->data() + gi * mg * depth, patches,
+                         zeros.data(), ys + gi * mg * positions);
         }
-        frozen_dense(n * positions, depth, mg, cols.data(), l.weight->data() + gi * depth * mg,
-                     l.bias->data() + gi * mg, part.data());
-        for (Index s = 0; s < n; ++s)
-            for (Index j = 0; j < mg; ++j)
-                for (Index p = 0; p < positions; ++p)
-                    y(s, (gi * mg + j) * positions + p) = part(s * positions + p, j);
+        for (Index c = 0; c < m; ++c) {
+            const float b = (*l.bias)(0, c);
+            for (Index p = 0; p < positions; ++p) ys[c * positions + p] += b;
+        }
     }
 }
 
@@ -515,26 +537,28 @@ void run_pool(const Layer& l, const Shape& is, const Shape& os, const Matrix& x,
         for (Index ch = 0; ch < c; ++ch) {
             const float* plane = x.data() + s * x.cols() + ch * h * w;
             float* out = y.data() + s * y.cols() + ch * ho * wo;
-            for (Index oh = 0; oh < ho; ++oh)
+            for (Index oh = 0; oh < ho; ++oh) {
+                // The window's rows [i_lo, i_hi) and columns [j_lo, j_hi) inside the input.
+                const Index ih0 = oh * l.stride[0] - l.pad[0];
+                const Index i_lo = std::max<Index>(0, -ih0), i_hi = std::min(l.kernel[0], h - ih0);
                 for (Index ow = 0; ow < wo; ++ow) {
+                    const Index iw0 = ow * l.stride[1] - l.pad[1];
+                    const Index j_lo = std::max<Index>(0, -iw0);
+                    const Index j_hi = std::min(l.kernel[1], w - iw0);
                     float acc = is_max ? -std::numeric_limits<float>::infinity() : 0.0f;
-                    Index count = 0;
-                    for (Index i = 0; i < l.kernel[0]; ++i) {
-                        const Index ih = oh * l.stride[0] - l.pad[0] + i;
-                        for (Index j = 0; j < l.kernel[1]; ++j) {
-                            const Index iw = ow * l.stride[1] - l.pad[1] + j;
-                            if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
-                            const float v = plane[ih * w + iw];
-                            acc = is_max ? std::max(acc, v) : acc + v;
-                            ++count;
-                        }
+                    for (Index i = i_lo; i < i_hi; ++i) {
+                        const float* row = plane + (ih0 + i) * w;
+                        for (Index j = j_lo; j < j_hi; ++j)
+                            acc = is_max ? std::max(acc, row[iw0 + j]) : acc + row[iw0 + j];
                     }
                     if (!is_max) {
-                        const Index full = l.kernel[0] * l.kernel[1];
-                        acc /= static_cast<float>(l.count_include_pad ? full : count);
+                        const Index count = l.count_include_pad ? l.kernel[0] * l.kernel[1]
+                                                                : (i_hi - i_lo) * (j_hi - j_lo);
+                        acc /= static_cast<float>(count);
                     }
                     out[oh * wo + ow] = acc;
                 }
+            }
         }
 }
 
@@ -605,26 +629,38 @@ void run_binary(const Layer& l, const Shape& as, const Shape& bs, const Shape& o
     }
 }
 
-float unary(const Layer& l, float v) {
+// y[i] = f(x[i]) for i < n.
+template <class F>
+void map(const float* x, float* y, Index n, F f) {
+    for (Index i = 0; i < n; ++i) y[i] = f(x[i]);
+}
+
+// The unary ops, one element at a time (the switch outside the loop).
+void run_unary(const Layer& l, const float* x, float* y, Index n) {
+    const float a = l.alpha, b = l.beta;
     switch (l.op) {
         case LayerOp::relu:
-            return v > 0.0f ? v : 0.0f;
+            return map(x, y, n, [](float v) { return v > 0.0f ? v : 0.0f; });
         case LayerOp::leaky_relu:
-            return v > 0.0f ? v : v * l.alpha;
+            return map(x, y, n, [a](float v) { return v > 0.0f ? v : v * a; });
         case LayerOp::clip:
-            return std::min(std::max(v, l.alpha), l.beta);
+            return map(x, y, n, [a, b](float v) { return std::min(std::max(v, a), b); });
         case LayerOp::sigmoid:
-            return 1.0f / (1.0f + std::exp(-v));
+            return map(x, y, n, [](float v) { return 1.0f / (1.0f + std::exp(-v)); });
         case LayerOp::tanh:
-            return std::tanh(v);
+            return map(x, y, n, [](float v) { return std::tanh(v); });
         case LayerOp::erf:
-            return std::erf(v);
+            return map(x, y, n, [](float v) { return std::erf(v); });
         case LayerOp::gelu:
-            return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+            return map(x, y, n, [](float v) {
+                return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+            });
         case LayerOp::hard_sigmoid:
-            return std::max(0.0f, std::min(1.0f, l.alpha * v + l.beta));
+            return map(x, y, n,
+                       [a, b](float v) { return std::max(0.0f, std::min(1.0f, a * v + b)); });
         default:  // hard_swish, as PyTorch: x * relu6(x + 3) / 6
-            return v * std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+            return map(x, y, n,
+                       [](float v) { return v * std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f; });
     }
 }
 
@@ -697,7 +733,7 @@ Matrix FrozenGraph::forward(Matrix input, const IdList* tokens) const {
                     run_binary(l, is, shapes_[b], os, *x, v[b], y);
                 } else {
                     y.resize(x->rows(), x->cols());
-                    for (Index i = 0; i < x->size(); ++i) y.data()[i] = unary(l, x->data()[i]);
+                    run_unary(l, x->data(), y.data(), x->size());
                 }
         }
         for (int in : l.inputs)
@@ -707,8 +743,14 @@ Matrix FrozenGraph::forward(Matrix input, const IdList* tokens) const {
     return std::move(v[static_cast<std::size_t>(output_)]);
 }
 
-// Samples go through the layers in chunks (bounded buffers; the result does not depend on it).
-constexpr Index chunk_rows = 32;
+// Samples go through the layers in chunks whose values fit in about 256 KiB (a core's L2 holds
+// one chunk's activations: a CNN goes sample by sample, a small MLP 64 rows at a time). The
+// result does not depend on the chunking.
+Index FrozenGraph::chunk_rows() const {
+    Index per_sample = 0;
+    for (const Shape& s : shapes_) per_sample += s.size();
+    return std::clamp<Index>((Index{256} << 10) / 4 / std::max<Index>(per_sample, 1), 1, 64);
+}
 
 Matrix FrozenGraph::run(const Matrix& inputs) const {
     if (input_kind_ == InputKind::tokens) fail("this backbone takes token sequences, not floats");
@@ -717,14 +759,17 @@ Matrix FrozenGraph::run(const Matrix& inputs) const {
              std::to_string(input_size()) + " " + input_shape().str());
     Matrix out(inputs.rows(), feature_dim());
     const Index plane = input_kind_ == InputKind::image ? input_size() / shapes_[0].dims[0] : 0;
-    for (Index r = 0; r < inputs.rows(); r += chunk_rows) {
-        const Index rows = std::min(chunk_rows, inputs.rows() - r);
+    const Index chunk = chunk_rows();
+    for (Index r = 0; r < inputs.rows(); r += chunk) {
+        const Index rows = std::min(chunk, inputs.rows() - r);
         Matrix x = inputs.middleRows(r, rows);
         if (input_kind_ == InputKind::image)
-            for (Index i = 0; i < x.size(); ++i) {
-                const Index c = (i % input_size()) / plane;
-                x.data()[i] = (x.data()[i] - (*mean_)(0, c)) / (*std_)(0, c);
-            }
+            for (Index s = 0; s < rows; ++s)
+                for (Index c = 0; c < shapes_[0].dims[0]; ++c) {
+                    const float mean = (*mean_)(0, c), sd = (*std_)(0, c);
+                    float* v = x.data() + s * input_size() + c * plane;
+                    for (Index p = 0; p < plane; ++p) v[p] = (v[p] - mean) / sd;
+                }
         out.middleRows(r, rows) = forward(std::move(x), nullptr);
     }
     return out;
@@ -742,8 +787,9 @@ Matrix FrozenGraph::run(const IdList& tokens) const {
                  " is outside the vocabulary [0, " + std::to_string(vocab_) + ")");
     const auto n = static_cast<Index>(tokens.size() / len);
     Matrix out(n, feature_dim());
-    for (Index r = 0; r < n; r += chunk_rows) {
-        const Index rows = std::min(chunk_rows, n - r);
+    const Index chunk = chunk_rows();
+    for (Index r = 0; r < n; r += chunk) {
+        const Index rows = std::min(chunk, n - r);
         const auto first =
             tokens.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r) * len);
         const IdList part(

@@ -106,13 +106,11 @@ std::vector<double> ref_conv(const ConvCase& p, const float* x, const std::vecto
     return out;
 }
 
-// The file's conv weight [g*K x M/g] from PyTorch's [M x C/g x kh x kw] (as the converter does).
+// The file's conv weight [M x K] from PyTorch's [M x C/g x kh x kw] (as the converter does).
 Matrix pack_conv_weight(const ConvCase& p, const std::vector<float>& w) {
-    const Index cg = p.c / p.groups, mg = p.m / p.groups, depth = cg * p.k0 * p.k1;
-    Matrix packed(p.groups * depth, mg);
-    for (Index m = 0; m < p.m; ++m)
-        for (Index k = 0; k < depth; ++k)
-            packed((m / mg) * depth + k, m % mg) = w[static_cast<std::size_t>(m * depth + k)];
+    const Index depth = p.c / p.groups * p.k0 * p.k1;
+    Matrix packed(p.m, depth);
+    for (Index i = 0; i < packed.size(); ++i) packed.data()[i] = w[static_cast<std::size_t>(i)];
     return packed;
 }
 
@@ -364,8 +362,8 @@ namespace {
 GraphFile small_cnn(Rng& rng) {
     GraphFile g("kind=image shape=2,9,9 name=x mean=mean std=std");
     g.tensor("mean", Matrix::Constant(1, 2, 0.1f)).tensor("std", Matrix::Constant(1, 2, 0.9f));
-    g.tensor("c1.w", random_matrix(18, 4, rng, 0.3f)).tensor("c1.b", random_matrix(1, 4, rng));
-    g.tensor("dw.w", random_matrix(36, 1, rng, 0.3f)).tensor("dw.b", random_matrix(1, 4, rng));
+    g.tensor("c1.w", random_matrix(4, 18, rng, 0.3f)).tensor("c1.b", random_matrix(1, 4, rng));
+    g.tensor("dw.w", random_matrix(4, 9, rng, 0.3f)).tensor("dw.b", random_matrix(1, 4, rng));
     g.tensor("fc.w", random_matrix(64, 5, rng, 0.3f)).tensor("fc.b", random_matrix(1, 5, rng));
     g.layer(
         "conv in=x out=c1 weight=c1.w bias=c1.b kernel=3,3 stride=1,1 pad=1,1,1,1 dilation=1,1 "

@@ -786,11 +786,8 @@ class Converter:
 
 
 def pack_conv_weight(w, groups):
-    """[M x C/g x kh x kw] -> [g*K x M/g]: group j's rows at j*K, row (c*kh + i)*kw + k."""
-    m = w.shape[0]
-    mg = m // groups
-    blocks = [w[j * mg:(j + 1) * mg].reshape(mg, -1).T for j in range(groups)]
-    return np.vstack(blocks)
+    """[M x C/g x kh x kw] -> [M x K], column (c*kh + i)*kw + k (groups: consecutive rows)."""
+    return w.reshape(w.shape[0], -1)
 
 
 def load_model(path):

@@ -8,9 +8,10 @@
 // Matrix [n x size], one row per sample.
 //
 // Batch invariance: a sample's output is the same bits in any batch. Matrix products go through
-// frozen_dense (frozen_kernel.hpp: each row computed as if alone; convolutions as im2col rows,
-// one row per output position); every other layer computes each element from that sample's
-// elements alone, by one scalar function.
+// frozen_dense (frozen_kernel.hpp: each element by a fixed sequence of operations whatever the
+// shape; dense layers as one row per sample, convolutions as one product per sample: weight
+// [M x K] times that sample's im2col [K x Ho*Wo]); every other layer computes each element
+// from that sample's elements alone, by one scalar function.
 #pragma once
 
 #include <array>
@@ -33,11 +34,11 @@ struct Shape {
 };
 
 enum class LayerOp {
-    constant,  // a stored tensor (weight) as a value, shared by every sample
-    conv,      // [C x H x W] -> [M x Ho x Wo]; weight [g*K x M/g], K = C/g*kh*kw; bias [1 x M]
-    dense,     // [... x K] -> [... x N] over the last axis; weight [K x N], bias [1 x N]
-    max_pool,  // [C x H x W] -> [C x Ho x Wo]; padding counts as -infinity
-    avg_pool,  // same; count_include_pad decides the divisor at the borders
+    constant,         // a stored tensor (weight) as a value, shared by every sample
+    conv,             // [C x H x W] -> [M x Ho x Wo]; weight [M x K], K = C/g*kh*kw; bias [1 x M]
+    dense,            // [... x K] -> [... x N] over the last axis; weight [K x N], bias [1 x N]
+    max_pool,         // [C x H x W] -> [C x Ho x Wo]; padding counts as -infinity
+    avg_pool,         // same; count_include_pad decides the divisor at the borders
     global_avg_pool,  // [C x H x W] -> [C x 1 x 1]
     reshape,          // same elements, new shape (Flatten / Reshape / Squeeze / Unsqueeze)
     concat,           // along `axis`; every other dimension equal
@@ -105,6 +106,7 @@ public:
 
 private:
     Matrix forward(Matrix input, const IdList* tokens) const;
+    Index chunk_rows() const;
 
     Checkpoint checkpoint_;
     InputKind input_kind_ = InputKind::floats;
