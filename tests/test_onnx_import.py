@@ -64,6 +64,14 @@ class ConverterTest(unittest.TestCase):
             self.assertEqual(a.read(), b.read())
         with open(head, "rb") as a, open(fixture("lenet-head.etk"), "rb") as b:
             self.assertEqual(a.read(), b.read())
+        cnn = os.path.join(HERE, "..", "examples", "data", "cnn-0-5")
+        rc, msg = self.convert(cnn + ".onnx", "--output", "/features/relu/Relu", "--mean",
+                               "0.2860", "--std", "0.3530", "--head-output", "output", "--head",
+                               head)
+        self.assertEqual(rc, 0, msg)
+        for got, want in ((self.out, cnn + ".etb"), (head, cnn + "-head.etk")):
+            with open(got, "rb") as a, open(want, "rb") as b:
+                self.assertEqual(a.read(), b.read(), want)
         for name in ("mobile", "text"):
             rc, msg = self.convert(fixture(name + ".onnx"))
             self.assertEqual(rc, 0, msg)
