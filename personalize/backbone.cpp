@@ -288,7 +288,8 @@ bool is_graph(const Checkpoint& c) {
 }
 }  // namespace
 
-std::shared_ptr<const Backbone> Backbone::external(Index feature_dim, const std::string& identity) {
+std::shared_ptr<const Backbone> Backbone::external(Index feature_dim, const std::string& identity,
+                                                   InputSpec input, FeatureFunction compute) {
     if (feature_dim <= 0)
         fail("external features need a width > 0, got " + std::to_string(feature_dim));
     if (identity.empty() || identity.size() > 128)
@@ -297,9 +298,30 @@ std::shared_ptr<const Backbone> Backbone::external(Index feature_dim, const std:
     for (char ch : identity)
         if (ch < 0x20 || ch > 0x7e)
             fail("the identity '" + identity + "' has a non-printable character");
-    BackboneConfig config{.input = InputSpec::float_vector(feature_dim), .hidden = {feature_dim}};
-    return std::shared_ptr<const Backbone>(new Backbone(nullptr, std::move(config), identity));
+    if (!compute) input = InputSpec::float_vector(feature_dim);
+    if (input.size <= 0) fail("an external engine's input needs a size > 0");
+    BackboneConfig config{.input = input, .hidden = {feature_dim}};
+    if (input.kind == InputSpec::Kind::token_sequence) config.vocab = INT32_MAX;
+    auto b = std::shared_ptr<Backbone>(new Backbone(nullptr, std::move(config), identity));
+    b->compute_ = std::move(compute);
+    return b;
 }
+
+namespace {
+// The app's engine on `samples`, checked: [n x F], finite.
+Matrix run_external(const Backbone::FeatureFunction& compute, std::span<const Sample> samples,
+                    Index width) {
+    Matrix f = compute(samples);
+    if (f.rows() != static_cast<Index>(samples.size()) || f.cols() != width)
+        fail("the external engine returned " + shape_str(f) + " for " +
+             std::to_string(samples.size()) + " samples of " + std::to_string(width) + " features");
+    for (Index i = 0; i < f.size(); ++i)
+        if (!std::isfinite(f.data()[i]))
+            fail("the external engine returned " + std::to_string(f.data()[i]) + " in row " +
+                 std::to_string(i / width));
+    return f;
+}
+}  // namespace
 
 std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
     const std::vector<std::uint8_t> bytes = read_file(path, max_backbone_bytes);
@@ -367,6 +389,13 @@ Matrix Backbone::features(const Matrix& inputs) const {
                 fail("input row " + std::to_string(i) + " column " + std::to_string(j) + " is " +
                      std::to_string(inputs(i, j)));
     if (graph_) return graph_->run(inputs);
+    if (compute_) {
+        std::vector<Sample> samples(static_cast<std::size_t>(inputs.rows()));
+        for (Index i = 0; i < inputs.rows(); ++i)
+            samples[static_cast<std::size_t>(i)].input.assign(inputs.row(i).data(),
+                                                              inputs.row(i).data() + inputs.cols());
+        return run_external(compute_, samples, feature_dim());
+    }
     if (!net_) return inputs;  // external features
     return frozen::layers(net_->parameters(), 0, inputs, config().activation);
 }
@@ -380,6 +409,13 @@ Matrix Backbone::features(const IdList& tokens) const {
     if (tokens.empty() || tokens.size() % len != 0)
         fail(std::to_string(tokens.size()) + " token ids is not a whole number of sequences of " +
              std::to_string(len));
+    if (compute_) {
+        std::vector<Sample> samples(tokens.size() / len);
+        for (std::size_t i = 0; i < samples.size(); ++i)
+            samples[i].tokens.assign(tokens.begin() + static_cast<std::ptrdiff_t>(i * len),
+                                     tokens.begin() + static_cast<std::ptrdiff_t>((i + 1) * len));
+        return run_external(compute_, samples, feature_dim());
+    }
     const std::vector<Var> params = net_->parameters();
     const Matrix& table = params[0].value();  // [vocab x E]
     // Embedding gather: sequence i is row i, its L embeddings side by side [n x L*E].

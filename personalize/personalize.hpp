@@ -81,10 +81,19 @@ public:
     // A file written by save(): the checkpoint envelope around architecture + weights.
     // Throws CorruptData for a corrupt or hostile file, StorageError if unreadable.
     static std::shared_ptr<const Backbone> load(const std::string& path);
-    // Features an app computes in another engine: features() of floats [n x F] is the identity;
-    // the digest is `identity` (1..128 printable characters), so a new identity is treated as a
-    // backbone upgrade (cached features recomputed from the stored inputs, here themselves).
-    static std::shared_ptr<const Backbone> external(Index feature_dim, const std::string& identity);
+    // Features an app computes in another engine, keyed by `identity` (1..128 printable
+    // characters; the digest): a new identity is a backbone upgrade.
+    // Without `compute`, samples ARE feature vectors (input float_vector(F), features() the
+    // identity); an upgrade then re-keys the stored vectors, so an app whose features change
+    // must forget and re-add its samples. With `compute` (the app's engine as a function), a
+    // sample is the app's raw input (`input`), kept in the store; features() calls compute
+    // ([n x F], checked) and an upgrade recomputes every stored sample from its raw input.
+    // NOTE: compute must be thread-safe and batch-invariant (a sample's features the same
+    // whatever batch it comes in): exact unlearning and cached features rely on it.
+    using FeatureFunction = std::function<Matrix(std::span<const Sample>)>;
+    static std::shared_ptr<const Backbone> external(Index feature_dim, const std::string& identity,
+                                                    InputSpec input = {},
+                                                    FeatureFunction compute = {});
     // Throws InvalidArgument for an external backbone (it has no file).
     void save(const std::string& path) const;
 
@@ -114,6 +123,7 @@ private:
 
     std::unique_ptr<BackboneNet> net_;                  // MLP backbones
     std::shared_ptr<const detail::FrozenGraph> graph_;  // imported backbones
+    FeatureFunction compute_;                           // external backbones with an engine
     BackboneConfig config_;                             // imported and external backbones
     std::string digest_;
 };

@@ -579,3 +579,59 @@ TEST_CASE("Backbone: files written before layer lists load with the same digest"
     mlp->save(copy.path);
     CHECK(read_bytes(copy.path) == read_bytes(fixture_path("legacy_mlp.etb")));
 }
+
+TEST_CASE("Backbone::external with the app's engine: raw inputs kept, upgrades recompute") {
+    // Two versions of an app's engine over raw inputs of 4 floats: v2 swaps v1's features.
+    auto engine = [](bool swap) {
+        return [swap](std::span<const Sample> samples) {
+            Matrix f(static_cast<Index>(samples.size()), 2);
+            for (std::size_t i = 0; i < samples.size(); ++i) {
+                const auto& x = samples[i].input;
+                const float a = x[0] + x[1], b = x[2] - x[3];
+                f(static_cast<Index>(i), 0) = swap ? b : a;
+                f(static_cast<Index>(i), 1) = swap ? a : b;
+            }
+            return f;
+        };
+    };
+    const auto v1 = Backbone::external(2, "engine v1", InputSpec::float_vector(4), engine(false));
+    CHECK(v1->config().input == InputSpec::float_vector(4));
+    CHECK(v1->feature_dim() == 2);
+    Rng rng(4);
+    std::vector<Sample> samples;
+    for (int i = 0; i < 30; ++i) {
+        Sample s;
+        s.label = i % 2;
+        for (int j = 0; j < 4; ++j) s.input.push_back(rng.normal() + (j == 0 ? 3.0f * s.label : 0));
+        samples.push_back(s);
+    }
+    const Matrix f1 = v1->features(samples);
+    CHECK(f1(3, 0) == samples[3].input[0] + samples[3].input[1]);
+    CHECK_THROWS_AS(v1->features(Matrix(2, 2)), InvalidArgument);  // raw width is 4
+
+    TempDb db("external-engine");
+    {
+        auto p = Personalizer::open(db.path, {.backbone = v1, .head = HeadSpec::linear(2)});
+        const auto ids = p->add(samples);
+        CHECK(p->store().get_features(v1->digest(), ids) == f1);
+    }
+    const auto v2 = Backbone::external(2, "engine v2", InputSpec::float_vector(4), engine(true));
+    auto p = Personalizer::open(db.path, {.backbone = v2, .head = HeadSpec::linear(2)});
+    REQUIRE(p->last_upgrade());
+    std::vector<std::int64_t> ids;
+    for (std::int64_t i = 1; i <= 30; ++i) ids.push_back(i);
+    const Matrix f2 = p->store().get_features(v2->digest(), ids);
+    CHECK(f2.col(0) == f1.col(1));
+    CHECK(f2.col(1) == f1.col(0));
+
+    // What the engine returns is checked.
+    const auto wrong =
+        Backbone::external(3, "wrong width", InputSpec::float_vector(4), engine(false));
+    CHECK(
+        contains(thrown<InvalidArgument>([&] { wrong->features(samples); }), "returned [30 x 2]"));
+    const auto nan =
+        Backbone::external(1, "nan", InputSpec::float_vector(4), [](std::span<const Sample> s) {
+            return Matrix::Constant(static_cast<Index>(s.size()), 1, NAN);
+        });
+    CHECK(contains(thrown<InvalidArgument>([&] { nan->features(samples); }), "nan"));
+}
