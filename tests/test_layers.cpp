@@ -635,3 +635,42 @@ TEST_CASE("Backbone::external with the app's engine: raw inputs kept, upgrades r
         });
     CHECK(contains(thrown<InvalidArgument>([&] { nan->features(samples); }), "nan"));
 }
+
+TEST_CASE("Layers: randomly mutated layer lines load cleanly or give CorruptData, never crash") {
+    // Fuzz-style: the envelope's CRC stops raw byte flips, so mutate the text the loader parses
+    // (and re-encode). A file that still loads must also run.
+    Rng rng(17);
+    const GraphFile g = small_cnn(rng);
+    const Checkpoint good = g.finish("y");
+    const std::string alphabet = "0123456789,=-x ayinoutweight";
+    TempDb file("graph-fuzz");
+    int loaded = 0, refused = 0;
+    for (int iter = 0; iter < 400; ++iter) {
+        Checkpoint k = good;
+        const int edits = 1 + static_cast<int>(rng.uniform() * 3);
+        for (int e = 0; e < edits; ++e) {
+            auto& value = k.attrs[static_cast<std::size_t>(rng.uniform() * k.attrs.size())].second;
+            const auto at = static_cast<std::size_t>(rng.uniform() * (value.size() + 1));
+            const char ch = alphabet[static_cast<std::size_t>(rng.uniform() * alphabet.size())];
+            const float kind = rng.uniform();
+            if (kind < 0.4f && at < value.size())
+                value[at] = ch;
+            else if (kind < 0.7f)
+                value.insert(at, 1, ch);
+            else if (at < value.size())
+                value.erase(at, 1);
+        }
+        write_bytes(file.path, encode_checkpoint(k));
+        try {
+            const auto bb = Backbone::load(file.path);
+            Matrix x = random_matrix(2, bb->config().input.size, rng);
+            const Matrix f = bb->features(x);
+            CHECK(f.rows() == 2);
+            ++loaded;
+        } catch (const CorruptData&) {
+            ++refused;
+        }
+    }
+    MESSAGE(loaded << " mutated files loaded, " << refused << " refused");
+    CHECK(refused > 0);
+}
