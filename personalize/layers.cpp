@@ -214,17 +214,20 @@ void frozen_dense(Index rows, Index depth, Index width, const float* x, const fl
 namespace {
 
 // Parsing state shared by the per-op shape rules.
+// NOTE: names are looked up in maps, so a hostile file of many layers or tensors costs
+// O(n log n), not O(n^2).
 struct GraphParser {
-    const Checkpoint& c;
-    std::map<std::string, int> values;  // name -> value index
+    std::map<std::string, const Matrix*> tensors;  // the file's tensors by name
+    std::map<std::string, int> values;             // name -> value index
     std::vector<Shape>& shapes;
     Index total = 0;
 
     const Matrix* tensor(LineReader& r, const std::string& key) {
         const std::string& name = r.text(key);
-        for (const auto& [n, m] : c.tensors)
-            if (n == name) return &m;
-        r.bad("names tensor '" + name + "' that the file does not hold");
+        const auto it = tensors.find(name);
+        if (it == tensors.end()) r.bad("names tensor '" + name + "' that the file does not hold");
+        if (it->second->size() == 0) r.bad("names tensor '" + name + "', which is empty");
+        return it->second;
     }
     int value(LineReader& r, const std::string& name) {
         const auto it = values.find(name);
@@ -392,10 +395,12 @@ Shape parse_layer(LineReader& r, Layer& l, GraphParser& g, FrozenGraph::InputKin
 
 FrozenGraph::FrozenGraph(Checkpoint checkpoint) : checkpoint_(std::move(checkpoint)) {
     const Checkpoint& c = checkpoint_;
+    std::map<std::string, const std::string*> attrs;
+    for (const auto& [k, v] : c.attrs) attrs.emplace(k, &v);  // the first of repeated keys
     auto attr = [&](const std::string& key) -> const std::string& {
-        for (const auto& [k, v] : c.attrs)
-            if (k == key) return v;
-        corrupt("missing attribute '" + key + "'");
+        const auto it = attrs.find(key);
+        if (it == attrs.end()) corrupt("missing attribute '" + key + "'");
+        return *it->second;
     };
     if (attr("graph") != "1") corrupt("unknown graph version '" + attr("graph") + "'");
     LineReader header("input " + attr("input"), "input declaration");
@@ -406,7 +411,8 @@ FrozenGraph::FrozenGraph(Checkpoint checkpoint) : checkpoint_(std::move(checkpoi
                   : kind == "floats" ? InputKind::floats
                                      : InputKind::tokens;
     const Shape in = make_shape(header.ints("shape", input_kind_ == InputKind::image ? 3 : 1, 1));
-    GraphParser g{c, {}, shapes_};
+    GraphParser g{{}, {}, shapes_};
+    for (const auto& [name, m] : c.tensors) g.tensors.emplace(name, &m);
     const std::string input_name = header.text("name");
     if (input_kind_ == InputKind::image) {
         mean_ = g.tensor(header, "mean");

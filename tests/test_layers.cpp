@@ -508,6 +508,11 @@ TEST_CASE("Layers: a corrupt or hostile graph file gives CorruptData naming the 
         CHECK(
             contains(thrown<CorruptData>([&] { Backbone::load(bad.path); }), "floats per sample"));
     }
+    SUBCASE("empty tensors") {
+        Checkpoint k = with_layer(6, "dense in=flat out=y weight=empty bias=fc.b");
+        k.tensors.emplace_back("empty", Matrix(0, 5));
+        expect(k, "which is empty");
+    }
     SUBCASE("zero std") {
         Checkpoint k = g.finish("y");
         k.tensors[1].second(0, 1) = 0.0f;
