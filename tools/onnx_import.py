@@ -591,8 +591,11 @@ class Converter:
         w = w * a.get("alpha", 1.0)
         b = np.zeros(w.shape[1])
         if len(node.input) > 2 and node.input[2]:
-            b = np.broadcast_to(self.const(node, node.input[2], "C").astype(np.float64)
-                                * a.get("beta", 1.0), (w.shape[1],)).copy()
+            c = self.const(node, node.input[2], "C").astype(np.float64).reshape(-1)
+            if c.size not in (1, w.shape[1]):
+                raise ConvertError(f"{describe(node)}: bias C of {c.size} values for "
+                                   f"{w.shape[1]} outputs")
+            b = np.broadcast_to(c * a.get("beta", 1.0), (w.shape[1],)).copy()
         if len(shape) != 1:
             raise ConvertError(f"{describe(node)}: input {list(shape)} is not a vector")
         self.dense(node, x, shape, w, b)
