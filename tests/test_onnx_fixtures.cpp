@@ -104,3 +104,12 @@ TEST_CASE("ONNX fixtures: embedding + MLP text encoder (GELU as erf) matches") {
     MESSAGE("text: max relative error " << err);
     CHECK(err < 1e-4);
 }
+
+TEST_CASE("ONNX fixtures: padded pools, Pad + AveragePool, MatMul + Add, BatchNorm1d, constants") {
+    const Reference ref = read_reference("ops");
+    const auto bb = Backbone::load(fixture_path("ops.etb"));
+    CHECK(bb->config().input == InputSpec::float_vector(2 * 5 * 5));
+    const double err = relative_error(bb->features(ref.inputs), ref.outputs);
+    MESSAGE("ops: max relative error " << err);
+    CHECK(err < 1e-4);
+}

@@ -72,7 +72,7 @@ class ConverterTest(unittest.TestCase):
         for got, want in ((self.out, cnn + ".etb"), (head, cnn + "-head.etk")):
             with open(got, "rb") as a, open(want, "rb") as b:
                 self.assertEqual(a.read(), b.read(), want)
-        for name in ("mobile", "text"):
+        for name in ("mobile", "text", "ops"):
             rc, msg = self.convert(fixture(name + ".onnx"))
             self.assertEqual(rc, 0, msg)
             with open(self.out, "rb") as a, open(fixture(name + ".etb"), "rb") as b:
@@ -98,6 +98,17 @@ class ConverterTest(unittest.TestCase):
         # Cutting before the unsupported nodes converts what remains.
         rc, msg = self.convert(fixture("lstm.onnx"), "--output", "/Transpose")
         self.assert_refused(rc, msg, "Transpose node '/Transpose'")
+
+    def test_pad_only_before_conv_or_average_pool(self):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 6, 6])
+        pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+        nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+                 helper.make_node("Relu", ["p"], ["y"], name="relu")]
+        model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [pads]),
+                                  opset_imports=[helper.make_opsetid("", 13)])
+        rc, msg = self.convert(self.save(model))
+        self.assert_refused(rc, msg, "Relu node 'relu' reads the output of a Pad")
 
     def test_dynamic_shape(self):
         rc, msg = self.convert(fixture("dynamic.onnx"))

@@ -99,7 +99,8 @@ UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf",
 BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
 ALIAS = {"Identity", "Dropout"}
 FOLDABLE = {"Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Reshape",
-            "Add", "Sub", "Mul", "Div", "Identity", "Slice", "Sqrt", "Neg", "ConstantOfShape"}
+            "Add", "Sub", "Mul", "Div", "Identity", "Slice", "Sqrt", "Neg", "ConstantOfShape",
+            "Equal", "Where", "Expand"}
 RUNTIME = set(UNARY) | set(BINARY) | ALIAS | {
     "Conv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
     "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Gemm", "MatMul", "Concat", "Gather", "Cast",
@@ -183,6 +184,7 @@ class Converter:
         self.graph = model.graph
         self.consts = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         self.values = {}  # onnx name -> (edgetune name, per-sample shape)
+        self.pending_pads = {}  # Pad output -> (its input, [t, l, b, r]) until a reader absorbs it
         self.layers = []
         self.producer = {}  # edgetune value name -> layer
         self.used = set()
@@ -215,6 +217,9 @@ class Converter:
         return layer
 
     def value(self, node, name):
+        if name in self.pending_pads:
+            raise ConvertError(f"cannot convert:\n  {describe(node)} reads the output of a Pad "
+                               "(only Conv and AveragePool absorb one)")
         if name not in self.values:
             raise ConvertError(f"{describe(node)} reads '{name}', which is neither computed nor "
                                "a constant")
@@ -330,9 +335,12 @@ class Converter:
         live = [i for i in ins if i and i not in self.consts]
         if node.op_type in FOLDABLE and not live and node.op_type != "Shape":
             return self.fold(node)
-        if node.op_type == "Shape":
-            _, shape = self.value(node, ins[0])
-            self.consts[node.output[0]] = np.array((1,) + shape, dtype=np.int64)
+        if node.op_type == "Shape":  # of a computed value: its batch axis reads as 1
+            if ins[0] in self.consts:
+                shape = self.consts[ins[0]].shape
+            else:
+                shape = (1,) + self.value(node, ins[0])[1]
+            self.consts[node.output[0]] = np.array(shape, dtype=np.int64)
             return
         handler = getattr(self, "op_" + node.op_type, None)
         if handler is None:
@@ -385,6 +393,12 @@ class Converter:
             for s, e, ax, st in zip(starts, ends, axes, steps):
                 sl[int(ax)] = slice(int(s), int(e), int(st))
             r = x[0][tuple(sl)]
+        elif op == "Equal":
+            r = np.equal(x[0], x[1])
+        elif op == "Where":
+            r = np.where(x[0], x[1], x[2])
+        elif op == "Expand":  # NOTE: Shape reads the batch axis as 1, so this stays per sample
+            r = x[0] * np.ones([int(d) for d in x[1]], dtype=x[0].dtype)
         elif op == "ConstantOfShape":
             v = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
             r = np.full(tuple(int(d) for d in x[0]), v.flat[0], dtype=v.dtype)
@@ -421,7 +435,8 @@ class Converter:
         return strides, dil, pads, outs
 
     def op_Conv(self, node, a):
-        x, shape = self.value(node, node.input[0])
+        src, a = self.absorb_pad(node, a, node.input[0])
+        x, shape = self.value(node, src)
         w = self.const(node, node.input[1], "weight").astype(np.float64)
         if w.ndim != 4:
             raise ConvertError(f"{describe(node)}: weight of rank {w.ndim} (only 2-D conv)")
@@ -461,7 +476,10 @@ class Converter:
         self.emit(node, "add", [mid.out, sh], shape)
 
     def op_MaxPool(self, node, a, op="max_pool"):
-        x, shape = self.value(node, node.input[0])
+        src = node.input[0]
+        if op == "avg_pool":
+            src, a = self.absorb_pad(node, a, src)
+        x, shape = self.value(node, src)
         kernel = list(a["kernel_shape"])
         strides, _, pads, outs = self.window(node, a, shape, kernel)
         if any(pads[i] >= kernel[i % 2] for i in range(4)):
@@ -560,17 +578,37 @@ class Converter:
     op_Dropout = op_Identity
 
     def op_Pad(self, node, a):
-        """Only the no-op pad (PyTorch 1.13 puts one before AvgPool2d)."""
+        """Zero padding of H and W, absorbed by the Conv or AveragePool that reads it (PyTorch
+        1.13 exports avg_pool2d(count_include_pad=True, padding=p) as Pad + AveragePool)."""
         pads = a.get("pads")
         if pads is None:
             pads = self.const(node, node.input[1], "pads")
+        pads = [int(p) for p in pads]
         value = 0.0
         if len(node.input) > 2 and node.input[2]:
             value = float(self.const(node, node.input[2], "constant_value"))
-        if any(int(p) != 0 for p in pads):
-            raise ConvertError(f"cannot convert:\n  {describe(node)}: non-zero pads "
-                               f"{[int(p) for p in pads]} (value {value})")
-        self.op_Identity(node, a)
+        x, shape = self.value(node, node.input[0])
+        if not any(pads):
+            return self.op_Identity(node, a)
+        if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or value != 0.0:
+            raise ConvertError(f"cannot convert:\n  {describe(node)}: pads {pads} value "
+                               f"{value} (only zero padding of H and W)")
+        self.pending_pads[node.output[0]] = (node.input[0], [pads[2], pads[3], pads[6], pads[7]])
+
+    def absorb_pad(self, node, a, name):
+        """The padding of a pending Pad that `node` (Conv or AveragePool) reads, added to a."""
+        if name not in self.pending_pads:
+            return name, a
+        src, extra = self.pending_pads[name]
+        a = dict(a)
+        own = list(a.get("pads", [0, 0, 0, 0]))
+        if node.op_type == "AveragePool":
+            if any(own) and not a.get("count_include_pad", 0):
+                raise ConvertError(f"{describe(node)}: own padding without count_include_pad "
+                                   "after a Pad")
+            a["count_include_pad"] = 1
+        a["pads"] = [o + e for o, e in zip(own, extra)]
+        return src, a
     op_Cast = op_Identity  # only casts to float reach here (attribute_problems)
 
     # -- products --
