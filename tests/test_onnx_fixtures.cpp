@@ -1,8 +1,10 @@
 // test_onnx_fixtures.cpp — backbones imported from PyTorch 1.13 ONNX exports match PyTorch.
 //
-// tests/fixtures/make_onnx_fixtures.py exported the models, ran tools/onnx_import.py on them and
-// wrote each model's fixed inputs and PyTorch outputs (<name>.txt); this suite needs neither
-// torch nor onnx. Tolerance: 1e-4 relative, as max |edgetune - torch| / max |torch| per sample.
+// tests/fixtures/make_onnx_fixtures.py exported the models (LeNet-like CNN with its shipped head,
+// inverted residual block, text encoder, and `ops`, the other exported forms), ran
+// tools/onnx_import.py on them and wrote each model's fixed inputs and PyTorch outputs
+// (<name>.txt); this suite needs neither torch nor onnx. Tolerance: 1e-4 relative, as max |edgetune
+// - torch| / max |torch| per sample.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -83,13 +85,20 @@ TEST_CASE("ONNX fixtures: LeNet-like CNN features and its shipped head match PyT
     CHECK(head_err < 1e-4);
 }
 
-TEST_CASE("ONNX fixtures: inverted residual block (BatchNorm, ReLU6, depthwise, SE) matches") {
-    const Reference ref = read_reference("mobile");
-    const auto bb = Backbone::load(fixture_path("mobile.etb"));
-    CHECK(bb->config().input == InputSpec::float_vector(8 * 12 * 12));
+namespace {
+// <name>.etb takes float inputs of `width` and its features of <name>.txt's inputs match.
+void check_float_fixture(const std::string& name, Index width) {
+    const Reference ref = read_reference(name);
+    const auto bb = Backbone::load(fixture_path(name + ".etb"));
+    CHECK(bb->config().input == InputSpec::float_vector(width));
     const double err = relative_error(bb->features(ref.inputs), ref.outputs);
-    MESSAGE("mobile: max relative error " << err);
+    MESSAGE(name << ": max relative error " << err);
     CHECK(err < 1e-4);
+}
+}  // namespace
+
+TEST_CASE("ONNX fixtures: inverted residual block (BatchNorm, ReLU6, depthwise, SE) matches") {
+    check_float_fixture("mobile", 8 * 12 * 12);
 }
 
 TEST_CASE("ONNX fixtures: embedding + MLP text encoder (GELU as erf) matches") {
@@ -106,10 +115,5 @@ TEST_CASE("ONNX fixtures: embedding + MLP text encoder (GELU as erf) matches") {
 }
 
 TEST_CASE("ONNX fixtures: padded pools, Pad + AveragePool, MatMul + Add, BatchNorm1d, constants") {
-    const Reference ref = read_reference("ops");
-    const auto bb = Backbone::load(fixture_path("ops.etb"));
-    CHECK(bb->config().input == InputSpec::float_vector(2 * 5 * 5));
-    const double err = relative_error(bb->features(ref.inputs), ref.outputs);
-    MESSAGE("ops: max relative error " << err);
-    CHECK(err < 1e-4);
+    check_float_fixture("ops", 2 * 5 * 5);
 }
