@@ -1,10 +1,10 @@
 // test_onnx_fixtures.cpp — backbones imported from PyTorch 1.13 ONNX exports match PyTorch.
 //
-// tests/fixtures/make_onnx_fixtures.py exported the models (LeNet-like CNN with its shipped head,
-// inverted residual block, text encoder, and `ops`, the other exported forms), ran
+// tests/fixtures/make_onnx_fixtures.py exported the models (a LeNet-like CNN with its shipped
+// head, an inverted residual block, a text encoder, and `ops`: the other exported forms), ran
 // tools/onnx_import.py on them and wrote each model's fixed inputs and PyTorch outputs
-// (<name>.txt); this suite needs neither torch nor onnx. Tolerance: 1e-4 relative, as max |edgetune
-// - torch| / max |torch| per sample.
+// (<name>.txt); this suite needs neither torch nor onnx.
+// Tolerance: 1e-4 relative, as max |edgetune - torch| / max |torch| per sample.
 #include <doctest/doctest.h>
 
 #include <cmath>
