@@ -13,6 +13,8 @@
 //   personalize_e2e  cold start to committed checkpoint on 1,000 stored Fashion-MNIST samples
 //   ingest        10,000 samples of 784 floats in batches of 100; single-sample add latency
 //   predict       single-sample top-3 through backbone + head
+//   cnn_features  an imported CNN's features (examples/data/cnn-0-5.etb), per image: one image
+//                 per call, and batches of 64
 //   size          the stripped shared library of every module and the stripped CLI (both
 //                 built by bench/meson.build)
 // Flags: --task NAME|all, --tiny (each task once at a tiny size: a CI smoke test, no timing
@@ -615,6 +617,28 @@ Row run_predict(const Budget& budget, const fs::path& dir) {
     remove_db(db);
     return timed_row("predict", times);
 }
+
+// cnn_features: the Fashion-MNIST CNN of examples/train_cnn.py, imported from its ONNX file
+// (examples/data/cnn-0-5.etb), frozen features of one image per call and, per image, of batches
+// of 64 (what add() of a batch runs). bench/peers/torch_peer.py runs the same weights.
+std::vector<Row> run_cnn_features(const Budget& budget) {
+    const auto backbone = Backbone::load(EDGETUNE_BENCH_CNN);
+    Rng rng(3);
+    Matrix x(64, backbone->config().input.size);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = rng.uniform();
+    const Matrix one = x.topRows(1);
+    std::vector<Row> rows;
+    for (const auto& [name, batch] : {std::pair{"cnn_features", &one}, {"cnn_features_b64", &x}}) {
+        Timings t = time_calls([&] { g_sink = g_sink + backbone->features(*batch)(0, 0); }, budget);
+        const auto n = static_cast<double>(batch->rows());
+        for (double& v : t.wall) v /= n;
+        for (double& v : t.cpu) v /= n;
+        rows.push_back(timed_row(name, t));
+        rows.back().extra.emplace_back("per", json_string("image"));
+    }
+    return rows;
+}
+
 // ---------------------------------------------------------------------------------------
 // size: the stripped shared library and CLI (bench/meson.build strips them next to this program).
 
@@ -643,9 +667,17 @@ std::vector<Row> run_size() {
 // ---------------------------------------------------------------------------------------
 // Command line and output
 
-const std::vector<std::string> all_tasks = {
-    "head_linear",      "head_linear_limit", "head_mlp", "head_mlp_limit", "head_vocab",
-    "head_vocab_limit", "personalize_e2e",   "ingest",   "predict",        "size"};
+const std::vector<std::string> all_tasks = {"head_linear",
+                                            "head_linear_limit",
+                                            "head_mlp",
+                                            "head_mlp_limit",
+                                            "head_vocab",
+                                            "head_vocab_limit",
+                                            "personalize_e2e",
+                                            "ingest",
+                                            "predict",
+                                            "cnn_features",
+                                            "size"};
 
 std::vector<Row> run_task(const std::string& task, const Budget& budget, const fs::path& dir,
                           const std::string& phase) {
@@ -657,6 +689,7 @@ std::vector<Row> run_task(const std::string& task, const Budget& budget, const f
     if (task == "ingest") return run_ingest(budget, dir);
     if (task == "personalize_e2e") return run_e2e(budget, dir, phase);
     if (task == "predict") return {run_predict(budget, dir)};
+    if (task == "cnn_features") return run_cnn_features(budget);
     throw InvalidArgument("[edgetune_bench] unknown task '" + task + "'");
 }
 

@@ -19,10 +19,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -864,6 +866,8 @@ void print_overview(std::FILE* out) {
                  "usage: edgetune COMMAND --db FILE --backbone FILE --classes N [options]\n\n"
                  "commands:\n");
     for (const Command& c : commands()) std::fprintf(out, "  %-9s %s\n", c.name, c.summary);
+    std::fprintf(out, "  %-9s %s\n", "import",
+                 "converts an ONNX model into a backbone file (edgetune import --help)");
     std::fprintf(out,
                  "\nevery command:\n%s\n"
                  "edgetune help COMMAND (or edgetune COMMAND --help) for its options.\n"
@@ -883,6 +887,22 @@ const Command* find_command(const std::string& name) {
     for (const Command& c : commands())
         if (name == c.name) return &c;
     return nullptr;
+}
+
+// `edgetune import model.onnx backbone.etb [...]`: the ONNX converter runs on the developer's
+// machine in Python (python3-onnx), so this replaces the process with tools/onnx_import.py
+// ($EDGETUNE_IMPORT_SCRIPT, else the source tree's copy; its #! line picks /usr/bin/python3,
+// Debian's, which has python3-onnx) and passes the arguments through.
+int run_import(int argc, char** argv) {
+    const char* env = std::getenv("EDGETUNE_IMPORT_SCRIPT");
+    const std::string script = env && *env ? env : EDGETUNE_IMPORT_SCRIPT;
+    std::vector<char*> args{const_cast<char*>(script.c_str())};
+    for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
+    args.push_back(nullptr);
+    ::execv(script.c_str(), args.data());
+    std::fprintf(stderr, "edgetune: import: cannot run %s: %s\n", script.c_str(),
+                 std::strerror(errno));
+    return exit_failure;
 }
 
 }  // namespace
@@ -905,6 +925,7 @@ int main(int argc, char** argv) {
         print_overview(stdout);
         return 0;
     }
+    if (name == "import") return run_import(argc, argv);
     if (name == "--version") {
         std::printf("edgetune 0.1.0\n");
         return 0;

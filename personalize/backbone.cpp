@@ -3,6 +3,9 @@
 // A backbone file is encode_checkpoint() of a Checkpoint with kind "backbone", the
 // architecture in attrs and the weights in tensors (FORMAT.md describes the envelope).
 //
+// An imported backbone (a layer list, detail/layers.hpp) or an external one (features computed
+// by the app) has no net: config() then only declares the input and the feature width.
+//
 // features() does not run the autograd net: it runs the net's weights through frozen_dense
 // (detail/frozen_kernel.hpp), whose result for a sample does not depend on the batch the sample
 // arrives in (BackboneNet::forward, built on matrix products, does not promise that).
@@ -12,8 +15,7 @@
 #include <cstdio>
 #include <string>
 
-#include "cpu.hpp"
-#include "detail/frozen_kernel.hpp"
+#include "detail/layers.hpp"
 #include "personalize.hpp"
 
 namespace edgetune {
@@ -160,20 +162,7 @@ namespace frozen {
 Matrix dense(const Matrix& x, const Matrix& w, const Matrix& b) {
     assert(x.cols() == w.rows() && b.rows() == 1 && b.cols() == w.cols());
     Matrix out(x.rows(), w.cols());
-    const FrozenDenseArgs args{.rows = x.rows(),
-                               .depth = x.cols(),
-                               .width = w.cols(),
-                               .x = x.data(),
-                               .w = w.data(),
-                               .b = b.data(),
-                               .out = out.data()};
-#ifdef EDGETUNE_HAVE_AVX2_KERNELS
-    if (cpu_runs_avx2_kernels()) {
-        frozen_dense_avx2(args);
-        return out;
-    }
-#endif
-    frozen_dense_generic(args);
+    detail::frozen_dense(x.rows(), x.cols(), w.cols(), x.data(), w.data(), b.data(), out.data());
     return out;
 }
 
@@ -287,10 +276,72 @@ std::shared_ptr<const Backbone> Backbone::freeze(const BackboneNet& net) {
     return std::make_shared<const Backbone>(std::move(copy));
 }
 
+Backbone::Backbone(std::shared_ptr<const detail::FrozenGraph> graph, BackboneConfig config,
+                   std::string digest)
+    : graph_(std::move(graph)), config_(std::move(config)), digest_(std::move(digest)) {}
+
+namespace {
+bool is_graph(const Checkpoint& c) {
+    for (const auto& [key, value] : c.attrs)
+        if (key == "graph") return true;
+    return false;
+}
+}  // namespace
+
+std::shared_ptr<const Backbone> Backbone::external(Index feature_dim, const std::string& identity,
+                                                   InputSpec input, FeatureFunction compute) {
+    if (feature_dim <= 0)
+        fail("external features need a width > 0, got " + std::to_string(feature_dim));
+    if (identity.empty() || identity.size() > 128)
+        fail("an external backbone's identity needs 1..128 characters, got " +
+             std::to_string(identity.size()));
+    for (char ch : identity)
+        if (ch < 0x20 || ch > 0x7e)
+            fail("the identity '" + identity + "' has a non-printable character");
+    if (!compute) input = InputSpec::float_vector(feature_dim);
+    if (input.size <= 0) fail("an external engine's input needs a size > 0");
+    BackboneConfig config{.input = input, .hidden = {feature_dim}};
+    if (input.kind == InputSpec::Kind::token_sequence) config.vocab = INT32_MAX;
+    auto b = std::shared_ptr<Backbone>(new Backbone(nullptr, std::move(config), identity));
+    b->compute_ = std::move(compute);
+    return b;
+}
+
+namespace {
+// The app's engine on `samples`, checked: [n x F], finite.
+Matrix run_external(const Backbone::FeatureFunction& compute, std::span<const Sample> samples,
+                    Index width) {
+    Matrix f = compute(samples);
+    if (f.rows() != static_cast<Index>(samples.size()) || f.cols() != width)
+        fail("the external engine returned " + shape_str(f) + " for " +
+             std::to_string(samples.size()) + " samples of " + std::to_string(width) + " features");
+    for (Index i = 0; i < f.size(); ++i)
+        if (!std::isfinite(f.data()[i]))
+            fail("the external engine returned " + std::to_string(f.data()[i]) + " in row " +
+                 std::to_string(i / width));
+    return f;
+}
+}  // namespace
+
 std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
     const std::vector<std::uint8_t> bytes = read_file(path, max_backbone_bytes);
     Checkpoint c = decode_checkpoint(bytes);
     if (c.kind != "backbone") corrupt("'" + path + "' holds a '" + c.kind + "', not a backbone");
+    if (is_graph(c)) {
+        // NOTE: the digest is of the canonical encoding, as for MLP files (and equal to the
+        // file's bytes when the file is canonical: the converter writes it so).
+        std::string digest = fnv1a64_hex(encode_checkpoint(c));
+        auto graph = std::make_shared<const detail::FrozenGraph>(std::move(c));
+        BackboneConfig config;
+        config.input = graph->input_kind() == detail::FrozenGraph::InputKind::tokens
+                           ? InputSpec::token_sequence(graph->input_size())
+                           : InputSpec::float_vector(graph->input_size());
+        config.vocab = graph->vocab();
+        config.embed_dim = graph->embed_dim();
+        config.hidden = {graph->feature_dim()};
+        return std::shared_ptr<const Backbone>(
+            new Backbone(std::move(graph), std::move(config), std::move(digest)));
+    }
     const BackboneConfig config = config_from_attrs(c.attrs);
     // NOTE: the architecture comes from the file: bound it by the weights the file actually
     // holds before allocating it, so hostile widths cannot request a huge allocation.
@@ -318,6 +369,11 @@ std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
 }
 
 void Backbone::save(const std::string& path) const {
+    if (graph_) {
+        write_file_atomic(path, encode_checkpoint(graph_->checkpoint()));
+        return;
+    }
+    if (!net_) fail("an external backbone (" + digest_ + ") has no file to save");
     write_file_atomic(path, encode_checkpoint(backbone_checkpoint(*net_)));
 }
 
@@ -332,6 +388,15 @@ Matrix Backbone::features(const Matrix& inputs) const {
             if (!std::isfinite(inputs(i, j)))
                 fail("input row " + std::to_string(i) + " column " + std::to_string(j) + " is " +
                      std::to_string(inputs(i, j)));
+    if (graph_) return graph_->run(inputs);
+    if (compute_) {
+        std::vector<Sample> samples(static_cast<std::size_t>(inputs.rows()));
+        for (Index i = 0; i < inputs.rows(); ++i)
+            samples[static_cast<std::size_t>(i)].input.assign(inputs.row(i).data(),
+                                                              inputs.row(i).data() + inputs.cols());
+        return run_external(compute_, samples, feature_dim());
+    }
+    if (!net_) return inputs;  // external features
     return frozen::layers(net_->parameters(), 0, inputs, config().activation);
 }
 
@@ -339,10 +404,18 @@ Matrix Backbone::features(const IdList& tokens) const {
     const BackboneConfig& c = config();
     if (c.input.kind != InputSpec::Kind::token_sequence)
         fail("this backbone takes float vectors, not token sequences");
+    if (graph_) return graph_->run(tokens);
     const auto len = static_cast<std::size_t>(c.input.size);
     if (tokens.empty() || tokens.size() % len != 0)
         fail(std::to_string(tokens.size()) + " token ids is not a whole number of sequences of " +
              std::to_string(len));
+    if (compute_) {
+        std::vector<Sample> samples(tokens.size() / len);
+        for (std::size_t i = 0; i < samples.size(); ++i)
+            samples[i].tokens.assign(tokens.begin() + static_cast<std::ptrdiff_t>(i * len),
+                                     tokens.begin() + static_cast<std::ptrdiff_t>((i + 1) * len));
+        return run_external(compute_, samples, feature_dim());
+    }
     const std::vector<Var> params = net_->parameters();
     const Matrix& table = params[0].value();  // [vocab x E]
     // Embedding gather: sequence i is row i, its L embeddings side by side [n x L*E].

@@ -68,7 +68,13 @@ private:
     std::shared_ptr<Sequential> mlp_;
 };
 
-// A frozen, read-only backbone; share one between threads and Personalizers.
+namespace detail {
+class FrozenGraph;  // an imported layer list (detail/layers.hpp)
+}
+
+// A frozen, read-only backbone; share one between threads and Personalizers. One of three
+// kinds: an MLP built here (freeze), a layer list imported from ONNX (load of a graph file:
+// tools/onnx_import.py), or features computed outside (external).
 class Backbone {
 public:
     // Copies the weights of a (pre)trained net; nothing of the net is referenced afterwards.
@@ -76,6 +82,20 @@ public:
     // A file written by save(): the checkpoint envelope around architecture + weights.
     // Throws CorruptData for a corrupt or hostile file, StorageError if unreadable.
     static std::shared_ptr<const Backbone> load(const std::string& path);
+    // Features an app computes in another engine, keyed by `identity` (1..128 printable
+    // characters; the digest): a new identity is a backbone upgrade.
+    // Without `compute`, samples ARE feature vectors (input float_vector(F), features() the
+    // identity); an upgrade then re-keys the stored vectors, so an app whose features change
+    // must forget and re-add its samples. With `compute` (the app's engine as a function), a
+    // sample is the app's raw input (`input`), kept in the store; features() calls compute
+    // ([n x F], checked) and an upgrade recomputes every stored sample from its raw input.
+    // NOTE: compute must be thread-safe and batch-invariant (a sample's features the same
+    // whatever batch it comes in): exact unlearning and cached features rely on it.
+    using FeatureFunction = std::function<Matrix(std::span<const Sample>)>;
+    static std::shared_ptr<const Backbone> external(Index feature_dim, const std::string& identity,
+                                                    InputSpec input = {},
+                                                    FeatureFunction compute = {});
+    // Throws InvalidArgument for an external backbone (it has no file).
     void save(const std::string& path) const;
 
     // floats [n x D] -> [n x F]. Throws InvalidArgument for a token backbone, a wrong width,
@@ -87,8 +107,11 @@ public:
     // Features of stored samples (whichever input kind the backbone takes).
     Matrix features(std::span<const Sample> samples) const;
 
-    const BackboneConfig& config() const { return net_->config(); }
-    Index feature_dim() const { return net_->feature_dim(); }
+    // The MLP's architecture. Imported and external backbones: `input` (an image is a float
+    // vector of C*H*W values, CHW order), `vocab` and `embed_dim` of token inputs, and
+    // hidden = {F}; their layers are in the file.
+    const BackboneConfig& config() const { return net_ ? net_->config() : config_; }
+    Index feature_dim() const { return config().hidden.back(); }
     // Content digest of architecture + weights (16 hex digits, FNV-1a 64 of the file bytes):
     // cached features are keyed by it.
     const std::string& digest() const { return digest_; }
@@ -96,7 +119,13 @@ public:
     explicit Backbone(std::unique_ptr<BackboneNet> net);  // use freeze() / load()
 
 private:
-    std::unique_ptr<BackboneNet> net_;
+    Backbone(std::shared_ptr<const detail::FrozenGraph> graph, BackboneConfig config,
+             std::string digest);
+
+    std::unique_ptr<BackboneNet> net_;                  // MLP backbones
+    std::shared_ptr<const detail::FrozenGraph> graph_;  // imported backbones
+    FeatureFunction compute_;                           // external backbones with an engine
+    BackboneConfig config_;                             // imported and external backbones
     std::string digest_;
 };
 

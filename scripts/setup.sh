@@ -5,7 +5,9 @@ set -euo pipefail
 
 packages=(g++ meson ninja-build pkg-config cmake python3 clang-format
           libeigen3-dev libfmt-dev libsqlite3-dev libcereal-dev doctest-dev zlib1g-dev
-          dataset-fashion-mnist fortunes "$@")
+          dataset-fashion-mnist fortunes
+          python3-onnx python3-numpy  # tests/test_onnx_import.py (the ONNX converter)
+          "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -47,6 +47,16 @@ std::string thrown(F&& f) {
     return {};
 }
 
+// A committed fixture file: $EDGETUNE_FIXTURES/name (meson sets it), else tests/fixtures/name
+// next to this header.
+inline std::string fixture_path(const std::string& name) {
+    const char* env = std::getenv("EDGETUNE_FIXTURES");
+    const std::filesystem::path dir =
+        env && *env ? std::filesystem::path(env)
+                    : std::filesystem::path(__FILE__).parent_path() / "fixtures";
+    return (dir / name).string();
+}
+
 inline bool contains(const std::string& text, const std::string& part) {
     return text.find(part) != std::string::npos;
 }

@@ -184,7 +184,7 @@ int main(int argc, char** argv) {
         if (done) continue;
         if (t == "predict") {
             rows.push_back(run_predict(tiny));
-        } else if (t == "personalize_e2e" || t == "ingest" || t == "size" ||
+        } else if (t == "personalize_e2e" || t == "ingest" || t == "size" || t == "cnn_features" ||
                    t.find("_limit") != std::string::npos) {
             rows.push_back("{\"name\": \"" + t +
                            "\", \"missing\": \"not implemented for libtorch (the PyTorch peer "

@@ -8,6 +8,7 @@ value of a run is its mean time per call; median, min and max over runs are repo
   personalize_e2e   cold start to committed checkpoint with Python's sqlite3 (--phase setup|run)
   ingest            the same inserts with Python's sqlite3 (WAL, synchronous=NORMAL / FULL)
   predict           single-sample top-3 through backbone + head
+  cnn_features      the imported Fashion-MNIST CNN's features per image (batch 1 and 64)
 Single-threaded: torch.set_num_threads(1); bench/run also sets OMP/OPENBLAS_NUM_THREADS=1.
 Usage: /usr/bin/python3 bench/peers/torch_peer.py --task NAME [--tiny] [--json] [--dir D]
 """
@@ -357,7 +358,56 @@ def run_predict(tiny):
     return [timed_row("predict", time_calls(call, tiny))]
 
 
-TASKS = ["head_linear", "head_mlp", "head_vocab", "personalize_e2e", "ingest", "predict"]
+# ---- cnn_features ------------------------------------------------------------------------
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def load_cnn():
+    """examples/train_cnn.py's model with the weights of examples/data/cnn-0-5.onnx (the file
+    edgetune imported), BatchNorm folded into the convolutions as the import does, eval mode."""
+    import onnx
+    from onnx import numpy_helper
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from train_cnn import Cnn
+    model = Cnn().eval()
+    graph = onnx.load(os.path.join(ROOT, "examples", "data", "cnn-0-5.onnx")).graph
+    state = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    missing = model.load_state_dict({k: v for k, v in state.items()
+                                     if k in model.state_dict()}, strict=False).missing_keys
+    assert all(k.endswith("num_batches_tracked") for k in missing), missing
+    body = list(model.body)
+    fused = []
+    for i, m in enumerate(body):
+        if isinstance(m, nn.BatchNorm2d):
+            fused[-1] = torch.nn.utils.fusion.fuse_conv_bn_eval(fused[-1], m)
+        else:
+            fused.append(m)
+    model.body = nn.Sequential(*fused)
+    return lambda x: model.features(model.body(x))
+
+
+def run_cnn_features(tiny):
+    features = load_cnn()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(64, 1, 28, 28, generator=g)
+    mean, std = 0.2860, 0.3530  # the backbone file's normalization, done per call here too
+    rows = []
+    for name, batch in (("cnn_features", x[:1]), ("cnn_features_b64", x)):
+        def call():
+            global SINK
+            with torch.no_grad():
+                SINK += features((batch - mean) / std)[0, 0].item()
+        wall, cpu, calls = time_calls(call, tiny)
+        n = batch.shape[0]
+        row = timed_row(name, ([w / n for w in wall], [c / n for c in cpu], calls))
+        row["per"] = "image"
+        rows.append(row)
+    return rows
+
+
+TASKS = ["head_linear", "head_mlp", "head_vocab", "personalize_e2e", "ingest", "predict",
+         "cnn_features"]
 
 
 def main():
@@ -379,6 +429,8 @@ def main():
             rows += run_ingest(args.tiny, args.dir)
         elif task == "predict":
             rows += run_predict(args.tiny)
+        elif task == "cnn_features":
+            rows += run_cnn_features(args.tiny)
         elif task.endswith("_limit") or task == "size":
             rows.append({"name": task, "missing": "not applicable to PyTorch"})
         else:
