@@ -29,7 +29,7 @@
 #include <utility>
 #include <vector>
 
-namespace edgetune {
+namespace EDGETUNE_API edgetune {
 
 // ---------------------------------------------------------------------------------------------
 // Checkpoint format (checkpoint.cpp)
