@@ -6,6 +6,11 @@ set -euo pipefail
 packages=(g++ meson ninja-build pkg-config cmake python3 clang-format
           libeigen3-dev libfmt-dev libsqlite3-dev libcereal-dev doctest-dev zlib1g-dev
           dataset-fashion-mnist fortunes "$@")
+# The aarch64 pass of scripts/test.sh (cross/aarch64-linux-gnu.ini): the cross toolchain,
+# qemu-user, and the target's -dev packages. Header-only Eigen, cereal and doctest are the
+# host's (do not add libcereal-dev:arm64).
+packages+=(crossbuild-essential-arm64 qemu-user libsqlite3-dev:arm64 libfmt-dev:arm64
+           zlib1g-dev:arm64)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -18,6 +23,10 @@ done
 echo "setup: installing ${missing[*]}"
 sudo_cmd=()
 [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+if printf '%s\n' "${missing[@]}" | grep -q ':arm64$' &&
+    ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    "${sudo_cmd[@]}" dpkg --add-architecture arm64  # before the one apt-get update
+fi
 "${sudo_cmd[@]}" apt-get update -q
 DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends \
     "${missing[@]}"
