@@ -8,7 +8,7 @@
 #include "cpu.hpp"
 
 int main() {
-    const char* simd = Eigen::SimdInstructionsInUse();
+    const char* simd = Eigen::SimdInstructionSetsInUse();
     const char* kernel = edgetune::matmul_kernel();
     bool avx2_built = false;
 #ifdef EDGETUNE_HAVE_AVX2_KERNELS
