@@ -322,7 +322,9 @@ typedef struct et_info {
     /* appended fields go here (named classes, the open-world operating point) */
 } et_info;
 
+/* Sets info->struct_size = size and zeroes the rest, as et_train_report_default. */
 ET_API et_status et_info_default(et_info* info, size_t size);
+/* Counts and widths of an open personalizer; info->struct_size must be set. */
 ET_API et_status et_get_info(const et_personalizer* personalizer, et_info* info, et_error** error);
 /* Stored samples per class: counts[c] for c in [0, classes). */
 ET_API et_status et_count_per_class(const et_personalizer* personalizer, int64_t* counts,

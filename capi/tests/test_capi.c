@@ -9,6 +9,7 @@
  *   background-training cases.
  * Prints its summary in doctest's format, which scripts/count_tests.py counts case by case. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -642,20 +643,24 @@ static void test_tokens(void) {
 /* ---------------------------------------------------------------------------------------
  * Cases: background training (threads: native runs only) */
 
-static int slow_progress(const et_progress* progress, void* user_data) {
-    et_training** self = (et_training**)user_data;
+/* The run whose callback is running (set once et_train_async has returned its handle). */
+static _Atomic(et_training*) current_run;
+
+static int checking_progress(const et_progress* progress, void* user_data) {
+    et_training* self = atomic_load(&current_run);
     et_progress seen;
     int32_t done = 1;
     et_error* err = NULL;
+    (void)progress;
+    (void)user_data;
     /* Calls on the run's own handle from its callback must not deadlock. */
-    if (*self != NULL) {
+    if (self != NULL) {
         seen.struct_size = sizeof seen;
-        expect_ok(et_training_progress(*self, &seen, &err), err, "progress in callback", __LINE__);
+        expect_ok(et_training_progress(self, &seen, &err), err, "progress in callback", __LINE__);
         err = NULL;
-        expect_ok(et_training_done(*self, &done, &err), err, "done in callback", __LINE__);
+        expect_ok(et_training_done(self, &done, &err), err, "done in callback", __LINE__);
         CHECK(done == 0);
     }
-    (void)progress;
     return 0;
 }
 
@@ -674,8 +679,8 @@ static void test_train_async(void) {
     et_train_options_default(&t, sizeof t);
     t.epochs = 40;
     t.batch = 4;
-    t.on_progress = slow_progress;
-    t.user_data = &run;
+    t.on_progress = checking_progress;
+    atomic_store(&current_run, NULL);
     FAILS(ET_ERR_INVALID_ARGUMENT, "training is NULL", et_train_async(p, &t, NULL, &err));
     FAILS(ET_ERR_BAD_HANDLE, "personalizer is NULL", et_train_async(NULL, &t, &run, &err));
     t.batch = 0;
@@ -683,6 +688,7 @@ static void test_train_async(void) {
     CHECK(run == NULL);
     t.batch = 4;
     OK(et_train_async(p, &t, &run, &err_));
+    atomic_store(&current_run, run);
     /* predict stays usable during the run */
     OK(et_predict_floats(p, q, 4, 1, top, 1, &n, &err_));
     CHECK(n == 1);
@@ -704,6 +710,7 @@ static void test_train_async(void) {
     pr.struct_size = sizeof pr;
     OK(et_training_progress(run, &pr, &err_));
     CHECK(pr.step == r.steps);
+    atomic_store(&current_run, NULL);
     FAILS(ET_ERR_BUSY, "already waited", et_training_wait(run, &r, &err));
     et_training_free(run);
     FAILS(ET_ERR_BAD_HANDLE, "freed already", et_training_wait(run, &r, &err));
