@@ -192,7 +192,8 @@ static void test_backbone_load(void) {
     CHECK(f != NULL);
     for (i = 0; f && i < 300; ++i) fputc((int)(uniform() * 127.0f) + 128, f);
     if (f) fclose(f);
-    FAILS(ET_ERR_CORRUPT_DATA, "", et_backbone_load(path_in(2, tmp_dir, "corrupt.etb"), &bb, &err));
+    FAILS(ET_ERR_CORRUPT_DATA, "not an edgetune checkpoint",
+          et_backbone_load(path_in(2, tmp_dir, "corrupt.etb"), &bb, &err));
     CHECK(bb == NULL);
     OK(et_backbone_load(path_in(1, backbone_dir, "floats.etb"), &bb, &err_));
     CHECK(bb != NULL);
@@ -267,7 +268,7 @@ static void test_open_errors(void) {
     o.validation_fraction = 2.0f;
     FAILS(ET_ERR_INVALID_ARGUMENT, "validation_fraction", et_open(db, bb, &o, &p, &err));
     o.validation_fraction = 0.2f;
-    FAILS(ET_ERR_STORAGE, "", et_open("/no-such-dir/x.db", bb, &o, &p, &err));
+    FAILS(ET_ERR_STORAGE, "cannot create the file", et_open("/no-such-dir/x.db", bb, &o, &p, &err));
     /* Created with 3 classes; reopening with 4 is refused and the file stays usable. */
     OK(et_open(db, bb, &o, &p, &err_));
     et_close(p);
@@ -340,14 +341,18 @@ static void test_add_errors(void) {
     FAILS(ET_ERR_INVALID_ARGUMENT, "use the *_floats function",
           et_add_tokens(p, tok, 1, 3, y, ids, &err));
     x[5] = NAN;
-    FAILS(ET_ERR_INVALID_ARGUMENT, "", et_add_floats(p, x, 2, 4, y, ids, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "row 1 column 1 is nan",
+          et_add_floats(p, x, 2, 4, y, ids, &err));
     x[5] = INFINITY;
-    FAILS(ET_ERR_INVALID_ARGUMENT, "", et_add_floats(p, x, 2, 4, y, ids, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "row 1 column 1 is inf",
+          et_add_floats(p, x, 2, 4, y, ids, &err));
     x[5] = 1.0f;
     y[1] = 3;
-    FAILS(ET_ERR_INVALID_ARGUMENT, "3", et_add_floats(p, x, 2, 4, y, ids, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "samples[1].label 3 out of range for 3 classes",
+          et_add_floats(p, x, 2, 4, y, ids, &err));
     y[1] = -1;
-    FAILS(ET_ERR_INVALID_ARGUMENT, "", et_add_floats(p, x, 2, 4, y, ids, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "label -1 out of range",
+          et_add_floats(p, x, 2, 4, y, ids, &err));
     /* Nothing of the rejected batches was stored (all or nothing). */
     et_info_default(&info, sizeof info);
     OK(et_get_info(p, &info, &err_));
@@ -492,7 +497,8 @@ static void test_predict_errors(void) {
     FAILS(ET_ERR_BAD_HANDLE, "personalizer is NULL",
           et_predict_floats(NULL, q, 4, 1, top, 3, &n, &err));
     q[2] = NAN;
-    FAILS(ET_ERR_INVALID_ARGUMENT, "", et_predict_floats(p, q, 4, 1, top, 3, &n, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "column 2 is nan",
+          et_predict_floats(p, q, 4, 1, top, 3, &n, &err));
     q[2] = 0.0f;
     OK(et_predict_floats(p, q, 4, 1, top, 4, &n, &err_)); /* a larger buffer is fine */
     CHECK(n == 1);
