@@ -270,8 +270,8 @@ et::HeadSpec to_head(const et_open_options& o, const char* op) {
     }
 }
 
-// A C progress callback and the stop flag its non-zero return raises. Shared with the
-// worker's std::function, so it lives as long as the run.
+// A C progress callback and the stop flag its non-zero return raises. Owned by the run's
+// std::function (TrainOptions::on_progress), so it lives as long as the run.
 struct Callback {
     et_progress_fn fn = nullptr;
     void* user_data = nullptr;
@@ -338,12 +338,14 @@ et::TrainOptions to_train_options(const et_train_options* in,
     t.tolerance = o.tolerance;
     callback->fn = o.on_progress;
     callback->user_data = o.user_data;
+    // NOTE: t.stop points into *callback, so the std::function must own it even without a C
+    // callback: a background run reads the flag after the call that started it returned.
     t.stop = &callback->stop;
-    if (callback->fn != nullptr)
-        t.on_progress = [callback](const et::Progress& p) {
-            const et_progress c = to_c(p);
-            if (callback->fn(&c, callback->user_data) != 0) callback->stop = true;
-        };
+    t.on_progress = [callback](const et::Progress& p) {
+        if (callback->fn == nullptr) return;
+        const et_progress c = to_c(p);
+        if (callback->fn(&c, callback->user_data) != 0) callback->stop = true;
+    };
     return t;
 }
 

@@ -74,6 +74,14 @@ else
     status=1 && logs+=("build-asan/meson-logs/capi-asan.json")  # counted as a failure
 fi
 
+echo "== ThreadSanitizer build: the C ABI's background-training cases (capi_threads)"
+if ninja -C build-tsan -j2 capi/test_capi capi/floats.etb >/dev/null ||
+   { ninja -C build-tsan -j1 capi/test_capi capi/floats.etb | tail -40; false; }; then
+    run_logged build-tsan capi-tsan --suite capi_threads
+else
+    status=1 && logs+=("build-tsan/meson-logs/capi-tsan.json")  # counted as a failure
+fi
+
 echo "== aarch64: cross build (cross/aarch64-linux-gnu.ini), suites under qemu-aarch64"
 # NOTE: under Debian 12's qemu-user 7.2 a program that starts a std::thread can hang, so what
 # starts threads runs natively only (above): the 'threads' and 'capi_threads' suites, and these
