@@ -21,7 +21,7 @@
 #include "matrix.hpp"
 #include "rng.hpp"
 
-namespace edgetune {
+namespace EDGETUNE_API edgetune {
 
 class Node;  // private: autograd/detail/node.hpp
 namespace detail {

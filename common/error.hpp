@@ -5,10 +5,12 @@
 // The C++ API reports failures only through these types; `assert` guards internal invariants.
 #pragma once
 
+#include "export.hpp"
+
 #include <stdexcept>
 #include <string>
 
-namespace edgetune {
+namespace EDGETUNE_API edgetune {
 
 // Base of every error the library throws on purpose.
 class Error : public std::runtime_error {

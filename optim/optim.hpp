@@ -27,7 +27,7 @@
 #include "error.hpp"
 #include "matrix.hpp"
 
-namespace edgetune {
+namespace EDGETUNE_API edgetune {
 
 // ---------------------------------------------------------------------------------------
 // Options. Invalid values throw InvalidArgument naming the option and the value, e.g.

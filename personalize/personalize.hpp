@@ -31,7 +31,7 @@
 #include "optim.hpp"
 #include "storage.hpp"
 
-namespace edgetune {
+namespace EDGETUNE_API edgetune {
 
 // ---------------------------------------------------------------------------------------
 // Backbone (backbone.cpp)

@@ -10,6 +10,8 @@
 #include <cassert>
 #include <climits>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <system_error>
 #include <thread>
@@ -92,6 +94,10 @@ private:
                             nullptr) == SQLITE_OK &&
             sqlite3_exec(db, sync_full_ ? sql::synchronous_full : sql::synchronous_normal, nullptr,
                          nullptr, nullptr) == SQLITE_OK &&
+#if defined(__APPLE__)  // the store's connection does the same (sample_store.cpp)
+            (!sync_full_ ||
+             sqlite3_exec(db, sql::fullfsync_on, nullptr, nullptr, nullptr) == SQLITE_OK) &&
+#endif
             sqlite3_exec(db, sql::get_user_version, nullptr, nullptr, nullptr) == SQLITE_OK;
         std::unique_lock lock(mutex_);
         no_thread_ = !ready;
@@ -125,8 +131,14 @@ private:
     bool requested_ = false;  // the writer wants a background round
     bool running_ = false;    // a checkpoint is running, on either thread
     bool stop_ = false;
-    bool no_thread_ = false;  // no background connection: only the writer checkpoints
-    int wal_frames_ = 0;      // frames in the WAL and frames copied, as of the last round
+    // No background connection: only the writer checkpoints. Also set by
+    // EDGETUNE_STORE_THREADS=0, for emulators whose threads are unreliable (Debian 12's
+    // qemu-user 7.2 can hang in std::thread; scripts/test.sh's aarch64 pass sets it).
+    bool no_thread_ = [] {
+        const char* v = std::getenv("EDGETUNE_STORE_THREADS");
+        return v != nullptr && std::strcmp(v, "0") == 0;
+    }();
+    int wal_frames_ = 0;  // frames in the WAL and frames copied, as of the last round
     int copied_ = 0;
     std::thread thread_;
 };

@@ -514,6 +514,9 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
                                                     : sql::synchronous_normal,
              op)
             .run();
+#if defined(__APPLE__)
+        if (options.durability == Durability::full) Stmt(db, sql::fullfsync_on, op).run();
+#endif
         // Raw inputs and feature rows are KiB-sized blobs: 16 KiB pages pack them with little
         // slack (one 784-float row per 4 KiB page, five per 16 KiB page), and bulk inserts
         // write fewer, larger WAL frames. Only a new, empty file takes a page size.

@@ -29,7 +29,7 @@
 #include <utility>
 #include <vector>
 
-namespace edgetune {
+namespace EDGETUNE_API edgetune {
 
 // ---------------------------------------------------------------------------------------------
 // Checkpoint format (checkpoint.cpp)
@@ -117,7 +117,9 @@ enum class Durability {
     // lose the last few commits but never corrupts the file. This is the right trade for data
     // an app keeps collecting: a commit costs tens of microseconds instead of an fsync.
     normal,
-    // synchronous=FULL: every commit is fsynced, so it also survives a power loss.
+    // synchronous=FULL: every commit is fsynced, so it also survives a power loss. On Apple
+    // platforms fsync does not flush the drive's own cache, so there the store's connections
+    // (also its checkpoint thread's) add PRAGMA fullfsync: syncs use F_FULLFSYNC.
     full,
 };
 
@@ -143,6 +145,8 @@ struct StoreOptions {
     // copies the little that is left (the WAL may reach 2x while a round ends). false: the commit
     // that crosses checkpoint_bytes copies all of it and waits for both fsyncs (SQLite's
     // auto-checkpoint; no thread). Either way a commit survives exactly what `durability` says.
+    // EDGETUNE_STORE_THREADS=0 in the environment keeps every store from starting that thread
+    // (the writer copies all at checkpoint_bytes), for emulators with unreliable threads.
     bool background_checkpoints = true;
 };
 

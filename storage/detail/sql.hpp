@@ -16,6 +16,9 @@ inline constexpr char secure_delete_on[] = "PRAGMA secure_delete = ON";
 inline constexpr char journal_mode_wal[] = "PRAGMA journal_mode = WAL";
 inline constexpr char synchronous_normal[] = "PRAGMA synchronous = NORMAL";
 inline constexpr char synchronous_full[] = "PRAGMA synchronous = FULL";
+// Apple only (Durability::full): fsync there leaves writes in the drive's cache; F_FULLFSYNC
+// flushes it. Implies checkpoint_fullfsync.
+inline constexpr char fullfsync_on[] = "PRAGMA fullfsync = ON";
 inline constexpr char max_page_count_prefix[] = "PRAGMA max_page_count = ";
 inline constexpr char cache_size_kib_prefix[] = "PRAGMA cache_size = ";  // negative: KiB
 inline constexpr char page_size_16k[] = "PRAGMA page_size = 16384";
