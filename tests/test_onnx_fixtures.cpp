@@ -117,3 +117,7 @@ TEST_CASE("ONNX fixtures: embedding + MLP text encoder (GELU as erf) matches") {
 TEST_CASE("ONNX fixtures: padded pools, Pad + AveragePool, MatMul + Add, BatchNorm1d, constants") {
     check_float_fixture("ops", 2 * 5 * 5);
 }
+
+TEST_CASE("ONNX fixtures: Gemm with alpha, beta, transB 0 and 1 on a float-vector input") {
+    check_float_fixture("gemm", 6);
+}

@@ -72,7 +72,7 @@ class ConverterTest(unittest.TestCase):
         for got, want in ((self.out, cnn + ".etb"), (head, cnn + "-head.etk")):
             with open(got, "rb") as a, open(want, "rb") as b:
                 self.assertEqual(a.read(), b.read(), want)
-        for name in ("mobile", "text", "ops"):
+        for name in ("mobile", "text", "ops", "gemm"):
             rc, msg = self.convert(fixture(name + ".onnx"))
             self.assertEqual(rc, 0, msg)
             with open(self.out, "rb") as a, open(fixture(name + ".etb"), "rb") as b:
