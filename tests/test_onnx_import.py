@@ -59,7 +59,7 @@ class ConverterTest(unittest.TestCase):
         rc, msg = self.convert(fixture("lenet.onnx"), "--output", "/Relu_3", "--mean", "0.5",
                                "--std", "0.25", "--head-output", "output", "--head", head)
         self.assertEqual(rc, 0, msg)
-        self.assertIn("84 ('/Relu_3_output_0')", msg)
+        self.assertIn("32 ('/Relu_3_output_0')", msg)
         with open(self.out, "rb") as a, open(fixture("lenet.etb"), "rb") as b:
             self.assertEqual(a.read(), b.read())
         with open(head, "rb") as a, open(fixture("lenet-head.etk"), "rb") as b:
