@@ -62,7 +62,7 @@ TEST_CASE("ONNX fixtures: LeNet-like CNN features and its shipped head match PyT
     const Reference ref = read_reference("lenet", 10);
     const auto bb = Backbone::load(fixture_path("lenet.etb"));
     CHECK(bb->config().input == InputSpec::float_vector(784));
-    REQUIRE(bb->feature_dim() == 84);
+    REQUIRE(bb->feature_dim() == 32);
     const Matrix f = bb->features(ref.inputs);
     const double err = relative_error(f, ref.outputs);
     MESSAGE("lenet: max relative error " << err);
@@ -116,4 +116,8 @@ TEST_CASE("ONNX fixtures: embedding + MLP text encoder (GELU as erf) matches") {
 
 TEST_CASE("ONNX fixtures: padded pools, Pad + AveragePool, MatMul + Add, BatchNorm1d, constants") {
     check_float_fixture("ops", 2 * 5 * 5);
+}
+
+TEST_CASE("ONNX fixtures: Gemm with alpha, beta, transB 0 and 1 on a float-vector input") {
+    check_float_fixture("gemm", 6);
 }

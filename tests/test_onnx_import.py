@@ -59,7 +59,7 @@ class ConverterTest(unittest.TestCase):
         rc, msg = self.convert(fixture("lenet.onnx"), "--output", "/Relu_3", "--mean", "0.5",
                                "--std", "0.25", "--head-output", "output", "--head", head)
         self.assertEqual(rc, 0, msg)
-        self.assertIn("84 ('/Relu_3_output_0')", msg)
+        self.assertIn("32 ('/Relu_3_output_0')", msg)
         with open(self.out, "rb") as a, open(fixture("lenet.etb"), "rb") as b:
             self.assertEqual(a.read(), b.read())
         with open(head, "rb") as a, open(fixture("lenet-head.etk"), "rb") as b:
@@ -72,7 +72,7 @@ class ConverterTest(unittest.TestCase):
         for got, want in ((self.out, cnn + ".etb"), (head, cnn + "-head.etk")):
             with open(got, "rb") as a, open(want, "rb") as b:
                 self.assertEqual(a.read(), b.read(), want)
-        for name in ("mobile", "text", "ops"):
+        for name in ("mobile", "text", "ops", "gemm"):
             rc, msg = self.convert(fixture(name + ".onnx"))
             self.assertEqual(rc, 0, msg)
             with open(self.out, "rb") as a, open(fixture(name + ".etb"), "rb") as b:
