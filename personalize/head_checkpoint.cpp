@@ -49,3 +49,18 @@ HeadCheckpoint decode_head_checkpoint(std::span<const std::uint8_t> payload, std
 }
 
 }  // namespace edgetune::detail
+
+namespace edgetune {
+
+HeadWeights HeadWeights::load(const std::string& path) {
+    constexpr std::size_t max_head_bytes = std::size_t{1} << 30;
+    Checkpoint c = decode_checkpoint(read_file(path, max_head_bytes));
+    if (c.kind != "head")
+        throw CorruptData("[HeadWeights.load] '" + path + "' holds a '" + c.kind + "', not a head");
+    HeadWeights w{.tensors = std::move(c.tensors), .backbone_digest = {}};
+    for (const auto& [k, v] : c.attrs)
+        if (k == "backbone_digest") w.backbone_digest = v;
+    return w;
+}
+
+}  // namespace edgetune

@@ -248,6 +248,24 @@ struct Prediction {
     float probability = 0.0f;
 };
 
+// Weights an app ships for its head (a keyboard's output layer, a vendor's base classes with
+// extra zero columns for classes it will enroll). Tensor layout for a head over F features with
+// C outputs, in this order (Head::tensors(); what `edgetune export` and `edgetune import --head`
+// write):
+//   linear(C), prototype(C), regression(C):  "net.0.weight" [F x C] (column c is output c)
+//                                             "net.0.bias"   [1 x C]
+//   mlp({h1, ..., hk}, C):                    "net.<2i>.weight" [in_i x out_i] and
+//                                             "net.<2i>.bias" [1 x out_i] for i = 0 .. k,
+//                                             in_0 = F, out_k = C (activations in between)
+// outputs = features * weight + bias (prototype heads: of L2-normalized features).
+struct HeadWeights {
+    std::vector<std::pair<std::string, Matrix>> tensors{};
+    std::string backbone_digest{};  // the backbone it was trained on; empty: not checked
+    // A head checkpoint file (kind "head", storage/FORMAT.md), e.g. from `edgetune import
+    // --head` or `edgetune export`. Throws StorageError if unreadable, CorruptData if corrupt.
+    static HeadWeights load(const std::string& path);
+};
+
 struct PersonalizerOptions {
     std::shared_ptr<const Backbone> backbone{};
     HeadSpec head{};
@@ -255,6 +273,13 @@ struct PersonalizerOptions {
     Durability durability = Durability::normal;
     std::uint64_t seed = 0;            // head initialization and the validation split
     float validation_fraction = 0.2f;  // of each class; classes with < 5 samples keep all
+    // The head to start from instead of a seeded random one: recorded as the `base` checkpoint
+    // when the database is created (and when a backbone upgrade makes a new base), so forget()
+    // and upgrades retrain from it. Checked at open() against the head spec (names, shapes), the
+    // backbone (feature width, digest when given) and for NaN/Inf: InvalidArgument otherwise.
+    // A prototype head counts a class whose weight column is non-zero as enrolled.
+    // Ignored when the database already has a base for this backbone.
+    std::optional<HeadWeights> initial_head{};
 };
 
 class BackgroundTraining;

@@ -67,6 +67,35 @@ bool all_finite(const OptimizerState& s) {
     return true;
 }
 
+// Prototype heads: the classes an initial head already enrolled, those whose weight column
+// (the first layer's, [F x C]) is not all zero.
+std::vector<bool> enrolled_columns(const Head& head) {
+    const auto tensors = head.tensors();  // by value: a reference into it must not outlive it
+    const Matrix& w = tensors.front().second;
+    std::vector<bool> seen(static_cast<std::size_t>(w.cols()), false);
+    for (Index c = 0; c < w.cols(); ++c) seen[static_cast<std::size_t>(c)] = !w.col(c).isZero(0);
+    return seen;
+}
+
+// Throws InvalidArgument unless `w` fits a head of `spec` over `backbone`'s features.
+void check_initial_head(const HeadWeights& w, const HeadSpec& spec, const Backbone& backbone) {
+    const char* op = "Personalizer.open";
+    if (!w.backbone_digest.empty() && w.backbone_digest != backbone.digest())
+        fail(op, "initial_head was trained on backbone " + w.backbone_digest + ", not on " +
+                     backbone.digest());
+    for (const auto& [name, value] : w.tensors)
+        if (!value.allFinite()) fail(op, "initial_head tensor '" + name + "' holds NaN or Inf");
+    Rng unused(0);
+    Head head(spec, backbone.feature_dim(), unused);
+    try {
+        head.load(w.tensors);
+    } catch (const CorruptData& e) {
+        // Head::load names the tensor and both shapes; the expected layout is in HeadWeights.
+        fail(op, std::string("initial_head does not fit the head spec and the backbone's ") +
+                     std::to_string(backbone.feature_dim()) + " features: " + e.what());
+    }
+}
+
 }  // namespace
 
 // ---- Impl ------------------------------------------------------------------------------
@@ -148,9 +177,14 @@ struct Personalizer::Impl {
     HeadState load_current(const SampleStore& st) const { return decode(current_checkpoint(st)); }
     HeadState load_base(const SampleStore& st) const { return decode(base_checkpoint(st)); }
 
+    // The base head: the app's initial head if it gave one (checked by open()), else seeded.
     void save_base(SampleStore& st) {
         auto head = new_head(options.seed);
         std::vector<bool> seen(static_cast<std::size_t>(spec().outputs), false);
+        if (options.initial_head) {
+            head->load(options.initial_head->tensors);
+            seen = enrolled_columns(*head);
+        }
         const auto payload = encode(*head, {}, 0, seen, Rng(options.seed), "{}");
         st.save_checkpoint(
             {.kind = CheckpointKind::base, .step = 0, .backbone_digest = digest, .metrics = "{}"},
@@ -334,6 +368,8 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
     if (!(options.validation_fraction >= 0.0f && options.validation_fraction < 1.0f))
         fail(op, "validation_fraction = " + std::to_string(options.validation_fraction) +
                      " outside [0, 1)");
+    if (options.initial_head)
+        check_initial_head(*options.initial_head, options.head, *options.backbone);
     StoreOptions so;
     so.input = options.backbone->config().input;
     so.label = options.head.classifies() ? LabelSpec::classes(options.head.outputs)
