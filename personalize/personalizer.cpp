@@ -482,6 +482,9 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         const auto payload = encode(*s.head, optimizer_state, step, s.seen, rng, metrics);
         {
             Transaction tx = st.transaction();
+            // Pruning first frees the pages the new checkpoint needs: a retrain that a forget
+            // owes must commit on a full disk too.
+            st.prune_checkpoints(mode == Mode::from_base ? 0 : 2);
             st.save_checkpoint({.kind = CheckpointKind::trained,
                                 .step = step,
                                 .backbone_digest = digest,
@@ -490,7 +493,6 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
             st.set_meta(meta_trained_upto, std::to_string(upto));
             if (mode == Mode::from_base) st.set_meta(meta_retrain_pending, "");
             st.append_run(metrics);
-            st.prune_checkpoints(mode == Mode::from_base ? 1 : 3);
             tx.commit();
         }
         publish(s.head);
@@ -884,11 +886,11 @@ TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainO
         SampleStore& st = impl_->store;
         const std::int64_t upto = std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
         for (std::int64_t id : ids) used = used || (id <= upto && st.get(id, Fields::no_input));
-        // The deletion and the debt to retrain commit together.
-        Transaction tx = st.transaction();
-        st.delete_ids(ids);
-        if (used) st.set_meta(meta_retrain_pending, "forget");
-        tx.commit();
+        // The deletion and the debt to retrain commit together, durably and scrubbed from the
+        // -wal (erase_ids), before the retrain: a power cut cannot bring a sample back.
+        std::vector<std::pair<std::string, std::string>> debt;
+        if (used) debt.emplace_back(meta_retrain_pending, "forget");
+        st.erase_ids(ids, debt);
     }
     if (used) return impl_->run(retrain, Impl::Mode::from_base);
     TrainReport report;

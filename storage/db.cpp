@@ -4,7 +4,9 @@
 
 #include "sql.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cassert>
@@ -178,6 +180,7 @@ void Db::checkpoint_in_background(bool sync_full, int wal_frames) {
 
 void Db::check(int rc, std::string_view what) const {
     if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
+    last_failure_ = rc;
     // sqlite3_errmsg describes the most recent failure on this connection, which is this one.
     throw StorageError(fmt::format("[{}] {} (SQLite code {})", what, sqlite3_errmsg(handle_), rc));
 }
@@ -217,6 +220,28 @@ void Db::rollback() noexcept {
     // fails when SQLite has already abandoned the transaction.
     sqlite3_exec(handle_, depth_ == 0 ? sql::rollback : sql::rollback_to, nullptr, nullptr,
                  nullptr);
+}
+
+void Db::checkpoint_truncate(std::string_view what) {
+    assert(depth_ == 0);
+    int frames = -1, copied = -1;
+    check(sqlite3_wal_checkpoint_v2(handle_, "main", SQLITE_CHECKPOINT_TRUNCATE, &frames, &copied),
+          what);
+    // TRUNCATE returns OK with the frame counts when it could not complete; 0 frames = done.
+    if (frames != 0)
+        throw StorageError(
+            fmt::format("[{}] the WAL checkpoint stopped after {} of {} frames: "
+                        "another connection is reading",
+                        what, copied, frames));
+    const std::string wal = sqlite3_filename_wal(sqlite3_db_filename(handle_, "main"));
+    const int fd = ::open(wal.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;  // no -wal file: nothing to sync
+    const int rc = ::fsync(fd);
+    const int err = errno;
+    ::close(fd);
+    if (rc != 0)
+        throw StorageError(fmt::format("[{}] fsync of '{}' failed: {}", what, wal,
+                                       std::error_code(err, std::generic_category()).message()));
 }
 
 void Db::begin_read(std::string_view what) {

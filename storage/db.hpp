@@ -34,6 +34,13 @@ public:
 
     // Throws StorageError "[what] <sqlite3_errmsg> (<code name>)" unless rc is OK/ROW/DONE.
     void check(int rc, std::string_view what) const;
+    // The (extended) result code of the last error check() threw for; survives the rollback
+    // that follows it (SQLITE_FULL: the disk is full).
+    int last_failure() const { return last_failure_; }
+    // Copies the whole -wal into the database file, syncs it and truncates the -wal to zero
+    // bytes, then syncs the -wal too (SQLite does not sync the truncation). Depth 0 only.
+    // Throws StorageError if a reader or writer kept the checkpoint from completing.
+    void checkpoint_truncate(std::string_view what);
     // The cached prepared statement for `sql` (a constant from sql.cpp).
     sqlite3_stmt* prepare(const char* sql, std::string_view what);
     // Runs SQL text without caching it (schema scripts, pragmas with literal values).
@@ -68,6 +75,7 @@ private:
     sqlite3* handle_ = nullptr;
     std::unordered_map<const char*, sqlite3_stmt*> statements_;
     int depth_ = 0;
+    mutable int last_failure_ = 0;
 };
 
 // A cached statement borrowed for one use. Bind indexes are 1-based, columns 0-based.

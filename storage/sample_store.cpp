@@ -10,6 +10,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,10 +32,11 @@ using detail::Stmt;
 using detail::TxGuard;
 
 struct SampleStore::Impl {
-    Impl(const std::string& path, const StoreOptions& o)
-        : db(path, o.read_only, o.busy_timeout), options(o) {}
+    Impl(const std::string& p, const StoreOptions& o)
+        : db(p, o.read_only, o.busy_timeout), options(o), path(p) {}
     Db db;
     StoreOptions options;
+    std::string path;
 };
 
 namespace {
@@ -188,6 +190,9 @@ void validate_options(const StoreOptions& o, std::string_view op) {
         throw InvalidArgument(fmt::format("[{}] cache_bytes {} is negative", op, o.cache_bytes));
     if (o.max_pages < 0)
         throw InvalidArgument(fmt::format("[{}] max_pages {} is negative", op, o.max_pages));
+    if (o.reserve_bytes < 0)
+        throw InvalidArgument(
+            fmt::format("[{}] reserve_bytes {} is negative", op, o.reserve_bytes));
     if (o.checkpoint_bytes < 1)
         throw InvalidArgument(
             fmt::format("[{}] checkpoint_bytes {} must be >= 1", op, o.checkpoint_bytes));
@@ -349,6 +354,41 @@ void create_private_file(const std::string& path, std::string_view op) {
         throw StorageError(fmt::format("[{}] cannot create the file: {}", op,
                                        std::error_code(errno, std::generic_category()).message()));
     }
+}
+
+// --- the reserve file (StoreOptions::reserve_bytes) ----------------------------------------
+
+std::string reserve_path(const std::string& db_path) {
+    return db_path + "-reserve";
+}
+
+// Makes `<db>-reserve` hold `bytes` bytes of zeros (written, so that the blocks are really
+// allocated, and synced). Best effort: on a full disk there is simply no reserve yet.
+void ensure_reserve(const std::string& db_path, std::int64_t bytes) {
+    if (bytes <= 0) return;
+    const std::string path = reserve_path(db_path);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && st.st_size >= bytes) return;
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    const std::vector<char> zeros(64 << 10, 0);
+    bool ok = true;
+    for (std::int64_t done = 0; ok && done < bytes;) {
+        const auto n = ::write(fd, zeros.data(),
+                               static_cast<std::size_t>(std::min<std::int64_t>(
+                                   bytes - done, static_cast<std::int64_t>(zeros.size()))));
+        if (n < 0 && errno == EINTR) continue;
+        ok = n > 0;
+        done += n;
+    }
+    ok = ok && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) ::unlink(path.c_str());  // a partial reserve would only pretend
+}
+
+// Gives the reserve up; true if there was one.
+bool release_reserve(const std::string& db_path) {
+    return ::unlink(reserve_path(db_path).c_str()) == 0;
 }
 
 int read_user_version(Db& db, std::string_view op) {
@@ -529,6 +569,7 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
     if (*declared != wanted)
         throw InvalidArgument(
             fmt::format("[{}] the store was created for {}; opened as {}", op, *declared, wanted));
+    if (!options.read_only) ensure_reserve(path, options.reserve_bytes);
     if (options.max_pages > 0)
         db.exec(sql::max_page_count_prefix + std::to_string(options.max_pages), op);
     db.exec(sql::cache_size_kib_prefix + std::to_string(-(options.cache_bytes / 1024)), op);
@@ -662,6 +703,40 @@ std::int64_t SampleStore::delete_ids(std::span<const std::int64_t> ids) {
         }
     }
     tx.commit();
+    return deleted;
+}
+
+std::int64_t SampleStore::erase_ids(std::span<const std::int64_t> ids,
+                                    std::span<const std::pair<std::string, std::string>> meta) {
+    constexpr std::string_view op = "sample_store.erase_ids";
+    Db& db = impl_->db;
+    if (db.depth() != 0)
+        throw InvalidArgument(fmt::format("[{}] must not run inside a transaction", op));
+    for (const auto& [key, value] : meta) {
+        if (key.empty() || key.starts_with(reserved_prefix))
+            throw InvalidArgument(fmt::format("[{}] meta key '{}' is empty or reserved", op, key));
+        check_size(key.size() + value.size(), impl_->options, op, "meta entry");
+    }
+    auto erase = [&] {
+        TxGuard tx(db, op);
+        const std::int64_t deleted = delete_ids(ids);
+        for (const auto& [key, value] : meta) put_meta(db, key, value, op);
+        tx.commit();
+        return deleted;
+    };
+    std::int64_t deleted = 0;
+    try {
+        deleted = erase();
+    } catch (const StorageError&) {
+        // NOTE: the deletion itself needs room (its pages go to the -wal before any is freed).
+        if ((db.last_failure() & 0xff) != SQLITE_FULL || !release_reserve(impl_->path)) throw;
+        deleted = erase();
+    }
+    // The deleted rows' old versions are still in -wal frames, and under synchronous=NORMAL the
+    // commit is not yet synced: copy, sync, truncate.
+    // NOTE: a released reserve is recreated at the next open, not here: the room it freed is
+    // what the retrain that usually follows an erasure needs to commit.
+    db.checkpoint_truncate(op);
     return deleted;
 }
 

@@ -144,6 +144,11 @@ struct StoreOptions {
     // that crosses checkpoint_bytes copies all of it and waits for both fsyncs (SQLite's
     // auto-checkpoint; no thread). Either way a commit survives exactly what `durability` says.
     bool background_checkpoints = true;
+    // A writable store keeps a file `<path>-reserve` of this many bytes next to the database.
+    // erase_ids() gives it up when the disk is full, so that an erasure (which needs room in
+    // the -wal before anything is freed) still commits; the next open that has room recreates
+    // it. 0: no reserve.
+    std::int64_t reserve_bytes = 256 << 10;
 };
 
 // One stored sample. `id` and (if 0) `created_at` are assigned by add().
@@ -269,6 +274,18 @@ public:
 
     // Deletes (with their cached features); returns how many existed.
     std::int64_t delete_ids(std::span<const std::int64_t> ids);
+    // Erasure, a promise to the user: deletes the samples with their features and `meta`
+    // writes in one transaction, then checkpoints the -wal into the database file, syncs it and
+    // truncates the -wal (and syncs that), whatever the durability mode. Afterwards no byte of
+    // an erased sample's input or features is left in the database, -wal or -shm
+    // (secure_delete zeroes the freed pages), and a power cut cannot bring it back. On a full
+    // disk the reserve file (StoreOptions::reserve_bytes) is given up and the erasure retried.
+    // Not inside a Transaction. Returns how many of the ids existed. Throws StorageError if the
+    // deletion failed (nothing erased) or, after it committed, if the checkpoint could not
+    // complete (another connection kept reading): the samples are gone from every query, but
+    // their bytes may remain in the -wal until the next erase_ids().
+    std::int64_t erase_ids(std::span<const std::int64_t> ids,
+                           std::span<const std::pair<std::string, std::string>> meta = {});
     // Deletes samples with created_at < cutoff (unix ms); returns how many.
     std::int64_t delete_older_than(std::int64_t cutoff_ms);
 
