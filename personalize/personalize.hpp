@@ -218,6 +218,14 @@ struct PersonalizerOptions {
     Durability durability = Durability::normal;
     std::uint64_t seed = 0;            // head initialization and the validation split
     float validation_fraction = 0.2f;  // of each class; classes with < 5 samples keep all
+    // A store recorded with another backbone digest is refused (InvalidArgument naming both,
+    // nothing written) unless this is set: then its features are recomputed from the stored
+    // raw inputs and the head retrained from a fresh base. The previous backbone's trained
+    // checkpoint and features stay in the store until that retrain commits.
+    bool upgrade_backbone = false;
+    // Opens the store read-only: nothing is ever written (no feature filling, no owed retrain,
+    // no upgrade; add/train/forget throw StorageError). The store must exist.
+    bool read_only = false;
 };
 
 class BackgroundTraining;
@@ -226,8 +234,9 @@ class Personalizer {
 public:
     // Opens (or creates) the database. First open: records the backbone digest and head spec
     // and saves a `base` checkpoint of the initial head. Later opens resume from the latest
-    // checkpoint; a different backbone digest recomputes features from the stored raw inputs
-    // and retrains the head from a fresh base (report in last_upgrade()).
+    // checkpoint; a different backbone digest is refused unless options.upgrade_backbone, which
+    // recomputes features from the stored raw inputs and retrains the head from a fresh base
+    // (report in last_upgrade()).
     static std::unique_ptr<Personalizer> open(const std::string& db_path,
                                               const PersonalizerOptions& options);
     ~Personalizer();

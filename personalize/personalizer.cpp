@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <numeric>
 #include <thread>
@@ -29,6 +30,9 @@ const char* const meta_trained_upto = "personalize.trained_upto";
 // change that makes the current head wrong, cleared by the retrain's commit): a crash in
 // between retrains at the next open, so a forgotten sample never survives in the head.
 const char* const meta_retrain_pending = "personalize.retrain_pending";
+// The previous backbone's digest while an upgrade's retrain is owed: its features are dropped
+// by the retrain's commit, not before.
+const char* const meta_upgrade_from = "personalize.upgrade_from";
 
 // A class with fewer stored samples than this keeps all of them for training (no split).
 constexpr std::int64_t min_class_for_split = 5;
@@ -491,7 +495,13 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
                                 .metrics = metrics},
                                payload);
             st.set_meta(meta_trained_upto, std::to_string(upto));
-            if (mode == Mode::from_base) st.set_meta(meta_retrain_pending, "");
+            if (mode == Mode::from_base) {
+                st.set_meta(meta_retrain_pending, "");
+                if (const auto from = st.get_meta(meta_upgrade_from); from && !from->empty()) {
+                    st.drop_features(*from);
+                    st.set_meta(meta_upgrade_from, "");
+                }
+            }
             st.append_run(metrics);
             tx.commit();
         }
@@ -752,6 +762,9 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
                                          : LabelSpec::regression(options.head.outputs);
     so.retention = options.retention;
     so.durability = options.durability;
+    so.read_only = options.read_only;
+    if (options.read_only && !std::filesystem::exists(db_path))
+        fail(op, "'" + db_path + "' does not exist (read-only open)");
     SampleStore store = SampleStore::open(db_path, so);
     auto impl = std::make_unique<Impl>(db_path, options, so, std::move(store));
     Impl& m = *impl;
@@ -760,6 +773,19 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
     if (auto stored = m.store.get_meta(meta_head); stored && *stored != spec)
         fail(op, "'" + db_path + "' was created with head '" + *stored + "', not '" + spec + "'");
     const auto stored_digest = m.store.get_meta(meta_digest);
+    if (stored_digest && *stored_digest != m.digest && !options.upgrade_backbone)
+        fail(op, "'" + db_path + "' holds the features and head of backbone " + *stored_digest +
+                     ", not of this backbone " + m.digest +
+                     "; set upgrade_backbone to recompute the features and retrain "
+                     "(nothing was changed)");
+    if (options.read_only) {
+        if (!stored_digest) fail(op, "'" + db_path + "' is not a personalization database yet");
+        // An owed retrain (forget, upgrade) is not run here: serve the base head meanwhile,
+        // never a head that still holds what was forgotten.
+        const bool owed = !m.store.get_meta(meta_retrain_pending).value_or("").empty();
+        m.publish(owed ? m.load_base(m.store).head : m.load_current(m.store).head);
+        return std::unique_ptr<Personalizer>(new Personalizer(std::move(impl)));
+    }
     if (!stored_digest) {
         Transaction tx = m.store.transaction();
         m.store.set_meta(meta_head, spec);
@@ -771,7 +797,7 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         // below is owed until it commits (a crash in between retrains at the next open).
         m.fill_missing_features(m.store);
         Transaction tx = m.store.transaction();
-        m.store.drop_features(*stored_digest);
+        m.store.set_meta(meta_upgrade_from, *stored_digest);
         m.save_base(m.store);
         m.store.set_meta(meta_digest, m.digest);
         m.store.set_meta(meta_trained_upto, "0");

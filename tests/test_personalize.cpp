@@ -1454,7 +1454,15 @@ TEST_CASE("backbone upgrade: features recomputed, head retrained from a fresh ba
         p->add(fx.train);
         REQUIRE_COMMITTED(p->train(quick));
     }
-    auto p = Personalizer::open(db.path, options(new_bb, HeadSpec::linear(4)));
+    // Without the option: refused, naming both digests, and nothing written.
+    const auto before = read_bytes(db.path);
+    CHECK(contains(thrown<InvalidArgument>(
+                       [&] { Personalizer::open(db.path, options(new_bb, HeadSpec::linear(4))); }),
+                   "holds the features and head of backbone " + old_bb->digest()));
+    CHECK(read_bytes(db.path) == before);
+    PersonalizerOptions upgrading = options(new_bb, HeadSpec::linear(4));
+    upgrading.upgrade_backbone = true;
+    auto p = Personalizer::open(db.path, upgrading);
     const auto upgrade = p->last_upgrade();
     REQUIRE(upgrade);
     CHECK(upgrade->retrained_from_base);
@@ -1482,7 +1490,7 @@ TEST_CASE("backbone upgrade: features recomputed, head retrained from a fresh ba
     // An upgrade of an empty store has nothing to train on.
     TempDb empty("upgrade-empty");
     Personalizer::open(empty.path, options(old_bb, HeadSpec::linear(4)));
-    auto q = Personalizer::open(empty.path, options(new_bb, HeadSpec::linear(4)));
+    auto q = Personalizer::open(empty.path, upgrading);
     REQUIRE(q->last_upgrade());
     CHECK(q->head_parameters()[0].second.rows() == 12);
 }

@@ -198,3 +198,45 @@ TEST_CASE("forget succeeds on a full disk: the reserve file makes room") {
     p.reset();
     std::filesystem::remove_all(dir);
 }
+
+// =============================================================================================
+// Nothing destroyed by surprise
+
+TEST_CASE("a read-only Personalizer never writes and never serves a head that is owed a retrain") {
+    TempDb db("read-only");
+    auto bb = small_backbone();
+    std::vector<std::int64_t> ids;
+    std::vector<std::pair<std::string, Matrix>> base;
+    {
+        auto p = Personalizer::open(db.path, popts(Durability::normal, bb));
+        base = p->head_parameters();
+        ids = p->add(samples(0, 40));
+        REQUIRE(p->train(quick).outcome == TrainReport::Outcome::committed);
+        // A forget whose retrain has not run yet (as after a crash).
+        p->store().erase_ids(std::vector<std::int64_t>{ids[0]},
+                             std::vector<std::pair<std::string, std::string>>{
+                                 {"personalize.retrain_pending", "forget"}});
+    }
+    const auto before = read_file(db.path, 1 << 26);
+    PersonalizerOptions ro = popts(Durability::normal, bb);
+    ro.read_only = true;
+    {
+        auto p = Personalizer::open(db.path, ro);
+        CHECK(p->sample_count() == 39);
+        const auto served = p->head_parameters();
+        REQUIRE(served.size() == base.size());
+        for (std::size_t i = 0; i < served.size(); ++i)
+            CHECK(served[i].second.isApprox(base[i].second, 0.0f));
+        CHECK_THROWS_AS(p->add(sample(99)), StorageError);
+        CHECK_THROWS_AS(p->train(quick), StorageError);
+    }
+    CHECK(read_file(db.path, 1 << 26) == before);
+    ro.backbone = small_backbone(9);  // another backbone: refused, even read-only
+    CHECK(contains(thrown<InvalidArgument>([&] { Personalizer::open(db.path, ro); }),
+                   "set upgrade_backbone"));
+    CHECK(read_file(db.path, 1 << 26) == before);
+    TempDb missing("read-only-missing");
+    CHECK(contains(thrown<InvalidArgument>([&] { Personalizer::open(missing.path, ro); }),
+                   "does not exist"));
+    CHECK_FALSE(std::filesystem::exists(missing.path));
+}
