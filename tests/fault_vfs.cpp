@@ -158,9 +158,11 @@ int shim_sync(sqlite3_file* f, int flags) {
     ++s.syncs;
     if (s.cut) return SQLITE_IOERR_FSYNC;
     if (fault_now(s, FaultVfs::Op::sync, s.syncs)) return SQLITE_IOERR_FSYNC;
-    const int rc = file->real->pMethods->xSync(file->real, flags);
-    if (rc == SQLITE_OK) s.logs.erase(*file->path);
-    return rc;
+    // The real fsync is skipped: what a sync made durable is the log being cleared, and the
+    // power-loss loops run thousands of scenarios.
+    (void)flags;
+    s.logs.erase(*file->path);
+    return SQLITE_OK;
 }
 
 int shim_file_size(sqlite3_file* f, sqlite3_int64* size) {
