@@ -287,6 +287,19 @@ std::shared_ptr<const Backbone> Backbone::freeze(const BackboneNet& net) {
     return std::make_shared<const Backbone>(std::move(copy));
 }
 
+std::string Backbone::feature_key() const {
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
+    if (cpu_runs_avx2_kernels()) return digest_ + "@avx2-fma";
+#endif
+#if defined(__x86_64__)
+    return digest_ + "@generic-x86_64";
+#elif defined(__aarch64__)
+    return digest_ + "@generic-aarch64";
+#else
+    return digest_ + "@generic";
+#endif
+}
+
 std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
     const std::vector<std::uint8_t> bytes = read_file(path, max_backbone_bytes);
     Checkpoint c = decode_checkpoint(bytes);

@@ -91,6 +91,11 @@ public:
     // Content digest of architecture + weights (16 hex digits, FNV-1a 64 of the file bytes):
     // cached features are keyed by it.
     const std::string& digest() const { return digest_; }
+    // What cached features are keyed by: the digest plus the frozen_dense variant this process
+    // computes them with ("6769f7bec7c71457@avx2-fma", "...@generic-x86_64"). The variants
+    // differ in the last bits, so a store moved to a CPU that runs the other one recomputes its
+    // features instead of mixing two kinds (exact unlearning and determinism rest on them).
+    std::string feature_key() const;
 
     explicit Backbone(std::unique_ptr<BackboneNet> net);  // use freeze() / load()
 

@@ -33,6 +33,9 @@ const char* const meta_retrain_pending = "personalize.retrain_pending";
 // The previous backbone's digest while an upgrade's retrain is owed: its features are dropped
 // by the retrain's commit, not before.
 const char* const meta_upgrade_from = "personalize.upgrade_from";
+// The key the cached features are stored under (Backbone::feature_key): a store opened where
+// another kernel variant runs drops them and computes its own.
+const char* const meta_feature_key = "personalize.feature_key";
 
 // A class with fewer stored samples than this keeps all of them for training (no split).
 constexpr std::int64_t min_class_for_split = 5;
@@ -188,6 +191,7 @@ struct Personalizer::Impl {
     PersonalizerOptions options;
     StoreOptions store_options;
     std::string digest;
+    std::string feature_key;  // what cached features are keyed by (digest + kernel variant)
 
     mutable std::mutex store_mu;
     SampleStore store;
@@ -203,6 +207,7 @@ struct Personalizer::Impl {
           options(std::move(o)),
           store_options(so),
           digest(options.backbone->digest()),
+          feature_key(options.backbone->feature_key()),
           store(std::move(s)) {}
 
     const Backbone& backbone() const { return *options.backbone; }
@@ -291,10 +296,10 @@ struct Personalizer::Impl {
     // Computes and caches features of every sample lacking them for this backbone.
     void fill_missing_features(SampleStore& st) {
         for (;;) {
-            const auto ids = st.ids_missing_features(digest, 256);
+            const auto ids = st.ids_missing_features(feature_key, 256);
             if (ids.empty()) return;
             const auto samples = st.get_many(ids);
-            st.put_features(digest, ids, backbone().features(samples));
+            st.put_features(feature_key, ids, backbone().features(samples));
         }
     }
 
@@ -323,7 +328,7 @@ struct Personalizer::Impl {
         for (std::size_t at = 0; at < d.ids.size(); at += chunk) {
             const std::size_t len = std::min(chunk, d.ids.size() - at);
             d.features.middleRows(static_cast<Index>(at), static_cast<Index>(len)) =
-                st.get_features(digest, std::span(d.ids).subspan(at, len));
+                st.get_features(feature_key, std::span(d.ids).subspan(at, len));
         }
         // Classes (a regression store is one class) with fewer than min_class_for_split
         // samples keep all for training: one-shot enrollment must not lose its only shot.
@@ -498,7 +503,7 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
             if (mode == Mode::from_base) {
                 st.set_meta(meta_retrain_pending, "");
                 if (const auto from = st.get_meta(meta_upgrade_from); from && !from->empty()) {
-                    st.drop_features(*from);
+                    st.keep_only_features(feature_key);
                     st.set_meta(meta_upgrade_from, "");
                 }
             }
@@ -804,6 +809,15 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         m.store.set_meta(meta_retrain_pending, "upgrade");
         tx.commit();
     }
+    if (m.store.get_meta(meta_feature_key) != m.feature_key) {
+        // Features computed elsewhere (another CPU's kernel variant, or a store older than the
+        // key): replaced, never mixed with this process's.
+        Transaction tx = m.store.transaction();
+        if (m.store.get_meta(meta_upgrade_from).value_or("").empty())
+            m.store.keep_only_features(m.feature_key);
+        m.store.set_meta(meta_feature_key, m.feature_key);
+        tx.commit();
+    }
     m.fill_missing_features(m.store);
     if (const auto pending = m.store.get_meta(meta_retrain_pending); pending && !pending->empty()) {
         TrainReport report = m.run({}, Impl::Mode::from_base);
@@ -836,7 +850,7 @@ std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
         Matrix values(static_cast<Index>(kept.size()), features.cols());
         for (std::size_t i = 0; i < rows.size(); ++i)
             values.row(static_cast<Index>(i)) = features.row(rows[i]);
-        st.put_features(impl_->digest, kept, values);
+        st.put_features(impl_->feature_key, kept, values);
     }
     tx.commit();
     return ids;

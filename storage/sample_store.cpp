@@ -19,6 +19,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <iterator>
 #include <numeric>
 #include <set>
@@ -512,6 +513,15 @@ const LabelSpec& SampleStore::label_spec() const {
 SampleStore SampleStore::open(const std::string& path, const StoreOptions& options) {
     const std::string op = fmt::format("sample_store.open '{}'", path);
     validate_options(options, op);
+    // NOTE: a new store's first commits live in its -wal until a checkpoint (the file itself
+    // stays empty), so an empty database with a -wal is fine; a -wal with no database at all
+    // was copied or left without it, and SQLite would replay it onto a fresh, empty file.
+    if (std::error_code ec; !std::filesystem::exists(path, ec) &&
+                            std::filesystem::file_size(path + "-wal", ec) > 0 && !ec)
+        throw StorageError(fmt::format(
+            "[{}] '{}-wal' holds {} bytes of commits but the database file is missing: restore "
+            "the database next to it, or remove the -wal to start an empty store",
+            op, path, std::filesystem::file_size(path + "-wal")));
     if (!options.read_only) create_private_file(path, op);
     auto impl = std::make_unique<Impl>(path, options);
     Db& db = impl->db;
@@ -867,6 +877,13 @@ std::int64_t SampleStore::drop_features(std::string_view digest) {
     constexpr std::string_view op = "sample_store.drop_features";
     check_digest(digest, op);
     Stmt(impl_->db, sql::delete_features_of_digest, op).bind(1, digest).run();
+    return impl_->db.changes();
+}
+
+std::int64_t SampleStore::keep_only_features(std::string_view digest) {
+    constexpr std::string_view op = "sample_store.keep_only_features";
+    check_digest(digest, op);
+    Stmt(impl_->db, sql::delete_features_except_digest, op).bind(1, digest).run();
     return impl_->db.changes();
 }
 

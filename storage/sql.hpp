@@ -130,6 +130,8 @@ inline constexpr char select_ids_missing_features[] =
     "ORDER BY s.id LIMIT ?2";
 inline constexpr char delete_features_of_digest[] =
     "DELETE FROM features WHERE backbone_digest = ?1";
+inline constexpr char delete_features_except_digest[] =
+    "DELETE FROM features WHERE backbone_digest <> ?1";
 
 // --- checkpoints ---------------------------------------------------------------------------
 // Column order of every checkpoint read: id, created_at, kind, step, backbone_digest, metrics,

@@ -301,6 +301,8 @@ public:
                                                    std::size_t limit) const;
     // Drops every feature row of `digest`; returns how many.
     std::int64_t drop_features(std::string_view digest);
+    // Drops every feature row of any other digest; returns how many.
+    std::int64_t keep_only_features(std::string_view digest);
 
     // --- checkpoints, meta, runs ---
     // Stores info.kind/step/backbone_digest/metrics with the payload; returns the new id.

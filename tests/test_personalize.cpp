@@ -812,8 +812,9 @@ TEST_CASE("add validates (width, NaN, label range), stores nothing on error, cac
     // Every stored sample has cached features for this backbone.
     p->add(std::span<const Sample>(fx.train).subspan(10));
     CHECK(p->sample_count() == 120);
-    CHECK(p->store().ids_missing_features(fx.bb->digest(), 1000).empty());
-    const Matrix cached = p->store().get_features(fx.bb->digest(), std::vector<std::int64_t>{id});
+    CHECK(p->store().ids_missing_features(fx.bb->feature_key(), 1000).empty());
+    const Matrix cached =
+        p->store().get_features(fx.bb->feature_key(), std::vector<std::int64_t>{id});
     CHECK(cached == fx.bb->features(std::span<const Sample>(&fx.train[0], 1)));
 }
 
@@ -1328,7 +1329,7 @@ TEST_CASE("kill -9 during train: reopen gives the last committed head and traini
     CHECK(std::count_if(runs.begin(), runs.end(),
                         [](const RunRecord& r) { return contains(r.report, "committed"); }) >= 3);
     CHECK(p->sample_count() >= 123);
-    CHECK(p->store().ids_missing_features(fx.bb->digest(), 10).empty());
+    CHECK(p->store().ids_missing_features(fx.bb->feature_key(), 10).empty());
     const auto r = p->train({.epochs = 2});
     CHECK((r.outcome == TrainReport::Outcome::committed ||
            r.outcome == TrainReport::Outcome::rolled_back));
@@ -1468,8 +1469,8 @@ TEST_CASE("backbone upgrade: features recomputed, head retrained from a fresh ba
     CHECK(upgrade->retrained_from_base);
     CHECK(upgrade->outcome == TrainReport::Outcome::committed);
     CHECK(upgrade->train_samples + upgrade->validation_samples == 120);
-    CHECK(p->store().ids_missing_features(new_bb->digest(), 1000).empty());
-    CHECK(p->store().ids_missing_features(old_bb->digest(), 1000).size() == 120);  // dropped
+    CHECK(p->store().ids_missing_features(new_bb->feature_key(), 1000).empty());
+    CHECK(p->store().ids_missing_features(old_bb->feature_key(), 1000).size() == 120);  // dropped
     CHECK(p->store().get_meta("personalize.backbone_digest") == new_bb->digest());
     const auto params = p->head_parameters();
     CHECK(params[0].second.rows() == 12);

@@ -366,7 +366,7 @@ std::string added_or_not(const std::string& db, Durability d, bool acked, std::i
     SampleStore st = SampleStore::open(db, store_options());
     const std::int64_t n = st.count();
     if (n != n_old && n != n_old + n_new) return "holds " + std::to_string(n) + " samples";
-    if (!st.ids_missing_features(shared_backbone(0)->digest(), 100).empty())
+    if (!st.ids_missing_features(shared_backbone(0)->feature_key(), 100).empty())
         return "samples without features";
     if (n == n_old && acked) return "lost";
     // The personalizer opens on what is left.
@@ -628,4 +628,88 @@ TEST_CASE("I/O faults: open, add, train and forget with the N-th write, sync or 
                                                    : "read",
                         runs, failed);
         }
+}
+
+// =============================================================================================
+// Bad files from elsewhere
+
+TEST_CASE("features computed by another kernel variant are replaced, never mixed") {
+    auto bb = shared_backbone(0);
+    TempDb moved("moved"), fresh("fresh");
+    std::vector<std::int64_t> ids;
+    {
+        auto p = Personalizer::open(moved.path, popts(Durability::normal, bb));
+        ids = p->add(samples(0, 40));
+        // What a CPU running the other variant would have left: features under its key that
+        // differ in the last bits.
+        SampleStore& st = p->store();
+        Matrix other = st.get_features(bb->feature_key(), ids);
+        for (Index i = 0; i < other.size(); ++i)
+            other.data()[i] = std::nextafter(other.data()[i], 10.0f);
+        const std::string other_key = bb->digest() + "@other-cpu";
+        st.put_features(other_key, ids, other);
+        st.drop_features(bb->feature_key());
+        st.set_meta("personalize.feature_key", other_key);
+    }
+    auto p = Personalizer::open(moved.path, popts(Durability::normal, bb));
+    const Matrix cached = p->store().get_features(bb->feature_key(), ids);
+    const Matrix exact = bb->features(p->store().get_many(ids));
+    CHECK(cached == exact);  // recomputed here, bit for bit
+    CHECK(p->store().ids_missing_features(bb->digest() + "@other-cpu", 100).size() == 40);
+    CHECK(p->store().get_meta("personalize.feature_key") == bb->feature_key());
+    // Training on the moved store gives the same head as on a store built here.
+    auto q = Personalizer::open(fresh.path, popts(Durability::normal, bb));
+    q->add(samples(0, 40));
+    REQUIRE(p->train(quick).outcome == TrainReport::Outcome::committed);
+    REQUIRE(q->train(quick).outcome == TrainReport::Outcome::committed);
+    const auto a = p->head_parameters(), b = q->head_parameters();
+    for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].second == b[i].second);
+}
+
+TEST_CASE("a -wal without its database is a clear error; an empty database with its -wal opens") {
+    TempDb db("wal-alone");
+    const StoreOptions o = store_options();
+    {
+        SampleStore st = SampleStore::open(db.path, o);
+        st.add(sample(1));
+        // Keep a copy of the -wal while it holds the commit (a live store, before a checkpoint).
+        std::filesystem::copy_file(db.path + "-wal", db.path + "-wal.copy");
+        std::filesystem::copy_file(db.path, db.path + ".copy");
+    }
+    std::filesystem::remove(db.path);
+    std::filesystem::remove(db.path + "-shm");
+    std::filesystem::rename(db.path + "-wal.copy", db.path + "-wal");
+    const std::string error = thrown<StorageError>([&] { SampleStore::open(db.path, o); });
+    CHECK(contains(error, "-wal' holds"));
+    CHECK(contains(error, "the database file is missing"));
+    CHECK_FALSE(std::filesystem::exists(db.path));  // nothing created
+    // With its database (empty: the first commits were still in the -wal), it opens.
+    std::filesystem::rename(db.path + ".copy", db.path);
+    SampleStore st = SampleStore::open(db.path, o);
+    CHECK(st.count() == 1);
+    CHECK(st.get(1)->input == sample(1).input);
+}
+
+TEST_CASE("a stale -shm from another copy of the store is rebuilt, not trusted") {
+    TempDb a("shm-a"), b("shm-b");
+    const StoreOptions o = store_options();
+    {
+        SampleStore sa = SampleStore::open(a.path, o);
+        for (int i = 1; i <= 30; ++i) sa.add(sample(i));
+        SampleStore sb = SampleStore::open(b.path, o);
+        sb.add(sample(100));
+        // While both are open their -shm files are live: take b's.
+        std::filesystem::copy_file(b.path + "-shm", a.path + "-shm.stale");
+        std::filesystem::copy_file(a.path + "-wal", a.path + "-wal.keep");
+        std::filesystem::copy_file(a.path, a.path + ".keep");
+    }
+    // a as a kill would have left it (-wal with 30 commits), with b's -shm next to it.
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(a.path + suffix);
+    std::filesystem::rename(a.path + ".keep", a.path);
+    std::filesystem::rename(a.path + "-wal.keep", a.path + "-wal");
+    std::filesystem::rename(a.path + "-shm.stale", a.path + "-shm");
+    SampleStore sa = SampleStore::open(a.path, o);
+    CHECK(sa.integrity_check() == "ok");
+    CHECK(sa.count() == 30);
+    CHECK(sa.get_many(sa.ids_after(0, 100)).back().input == sample(30).input);
 }
