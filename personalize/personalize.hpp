@@ -23,6 +23,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -249,6 +250,12 @@ public:
     // Validates, stores and caches backbone features; all or nothing. Returns ids.
     std::int64_t add(const Sample& sample);
     std::vector<std::int64_t> add(std::span<const Sample> samples);
+    // The same with an idempotency key (SampleStore::add_batch; "" = none): a retry with the
+    // same key after an error stores nothing twice and returns the first call's ids. A
+    // StorageError saying "outcome unknown" (an I/O error or failed fsync while committing)
+    // may have stored the samples: retry with the same key. Other errors stored nothing.
+    std::vector<std::int64_t> add(std::span<const Sample> samples,
+                                  std::string_view idempotency_key);
 
     // Top-k labels with probabilities, best first, from the last committed head.
     std::vector<Prediction> predict(const Sample& input, int k = 1) const;

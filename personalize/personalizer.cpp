@@ -414,7 +414,10 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     };
 
     // The run's own connection: the app's connection stays free for add() and predict().
-    SampleStore st = SampleStore::open(path, store_options);
+    // It never recreates a released reserve: on a full disk that room is what this run needs.
+    StoreOptions run_options = store_options;
+    run_options.reserve_bytes = 0;
+    SampleStore st = SampleStore::open(path, run_options);
     // A retrain owed by forget() or an upgrade that did not finish (crash, exception) comes
     // first: an incremental update would build on a head that must be dropped.
     if (!st.get_meta(meta_retrain_pending).value_or("").empty()) mode = Mode::from_base;
@@ -832,13 +835,20 @@ std::int64_t Personalizer::add(const Sample& sample) {
 }
 
 std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
+    return add(samples, {});
+}
+
+std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples,
+                                            std::string_view idempotency_key) {
     if (samples.empty()) fail("Personalizer.add", "empty batch");
     // Features first: a wrong width or NaN is rejected before anything is written.
     const Matrix features = impl_->backbone().features(samples);
     std::lock_guard lock(impl_->store_mu);
     SampleStore& st = impl_->store;
     Transaction tx = st.transaction();
-    std::vector<std::int64_t> ids = st.add_batch(samples);
+    // A key seen before returns its ids; put_features below then rewrites the same bits.
+    std::vector<std::int64_t> ids =
+        idempotency_key.empty() ? st.add_batch(samples) : st.add_batch(samples, idempotency_key);
     std::vector<std::int64_t> kept;
     std::vector<Index> rows;
     for (std::size_t i = 0; i < ids.size(); ++i)
@@ -932,7 +942,20 @@ TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainO
         if (used) debt.emplace_back(meta_retrain_pending, "forget");
         st.erase_ids(ids, debt);
     }
-    if (used) return impl_->run(retrain, Impl::Mode::from_base);
+    if (used) {
+        try {
+            return impl_->run(retrain, Impl::Mode::from_base);
+        } catch (const DiskFull&) {
+            // The erasure is committed; the retrain it owes needs room too: the reserve, once.
+            bool released = false;
+            {
+                std::lock_guard lock(impl_->store_mu);
+                released = impl_->store.release_reserve();
+            }
+            if (!released) throw;
+            return impl_->run(retrain, Impl::Mode::from_base);
+        }
+    }
     TrainReport report;
     report.outcome = TrainReport::Outcome::nothing_to_do;
     report.reason = "none of the forgotten samples had been trained on";

@@ -47,7 +47,7 @@ echo "== reliability: simulated power cuts, I/O faults, fuzz corpus replay (coun
 # One line per scenario and durability mode: cuts, acknowledged, lost, wrong, corrupt; one per
 # I/O fault loop; one per fuzz target replayed over its committed corpus (fuzz/corpus/NAME,
 # crashes found by fuzz/run included).
-EDGETUNE_TEST_TMP=build-test/tests/tmp build-test/tests/test_reliability >build-test/reliability.log 2>&1 ||
+EDGETUNE_TEST_TMP=build-test/tests/tmp EDGETUNE_FIXTURES=tests/fixtures build-test/tests/test_reliability >build-test/reliability.log 2>&1 ||
     { status=1; echo "reliability: FAILED (build-test/reliability.log)"; }
 grep -E '^(power loss|io faults):' build-test/reliability.log
 for t in checkpoint backbone csv idx database; do

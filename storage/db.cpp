@@ -180,9 +180,11 @@ void Db::checkpoint_in_background(bool sync_full, int wal_frames) {
 
 void Db::check(int rc, std::string_view what) const {
     if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
-    last_failure_ = rc;
     // sqlite3_errmsg describes the most recent failure on this connection, which is this one.
-    throw StorageError(fmt::format("[{}] {} (SQLite code {})", what, sqlite3_errmsg(handle_), rc));
+    const std::string message =
+        fmt::format("[{}] {} (SQLite code {})", what, sqlite3_errmsg(handle_), rc);
+    if ((rc & 0xff) == SQLITE_FULL) throw DiskFull(message);
+    throw StorageError(message);
 }
 
 sqlite3_stmt* Db::prepare(const char* sql, std::string_view what) {
@@ -208,7 +210,22 @@ int Db::begin(std::string_view what) {
 
 void Db::commit(std::string_view what) {
     // On failure depth_ is unchanged: the caller's guard then calls rollback().
-    Stmt(*this, depth_ == 1 ? sql::commit : sql::release, what).run();
+    if (depth_ > 1) {
+        Stmt(*this, sql::release, what).run();
+    } else {
+        const int rc = Stmt(*this, sql::commit, what).step_rc();
+        // NOTE: an I/O error here (a failed write of the -wal, a failed fsync) may come after
+        // the commit reached the disk: SQLite then finds it stored at the next open.
+        if (rc != SQLITE_DONE && rc != SQLITE_OK && rc != SQLITE_ROW) {
+            const bool io = (rc & 0xff) == SQLITE_IOERR;
+            if (!io) check(rc, what);
+            throw StorageError(
+                fmt::format("[{}] {} (SQLite code {}){}", what, sqlite3_errmsg(handle_), rc,
+                            io ? "; outcome unknown: the commit may be stored, retry with the same "
+                                 "idempotency key"
+                               : ""));
+        }
+    }
     --depth_;
 }
 

@@ -32,11 +32,9 @@ public:
     Db(const Db&) = delete;
     Db& operator=(const Db&) = delete;
 
-    // Throws StorageError "[what] <sqlite3_errmsg> (<code name>)" unless rc is OK/ROW/DONE.
+    // Throws StorageError "[what] <sqlite3_errmsg> (<code name>)" unless rc is OK/ROW/DONE;
+    // DiskFull for SQLITE_FULL.
     void check(int rc, std::string_view what) const;
-    // The (extended) result code of the last error check() threw for; survives the rollback
-    // that follows it (SQLITE_FULL: the disk is full).
-    int last_failure() const { return last_failure_; }
     // Copies the whole -wal into the database file, syncs it and truncates the -wal to zero
     // bytes, then syncs the -wal too (SQLite does not sync the truncation). Depth 0 only.
     // Throws StorageError if a reader or writer kept the checkpoint from completing.
@@ -75,7 +73,6 @@ private:
     sqlite3* handle_ = nullptr;
     std::unordered_map<const char*, sqlite3_stmt*> statements_;
     int depth_ = 0;
-    mutable int last_failure_ = 0;
 };
 
 // A cached statement borrowed for one use. Bind indexes are 1-based, columns 0-based.

@@ -48,9 +48,13 @@ void migrate_to_v1(Db& db) {
     db.exec(sql::schema_v1, "sample_store.migrate_to_v1");
 }
 
-// migrations[v] brings a store from user_version v to v + 1; schema v2 appends migrate_to_v2.
+void migrate_to_v2(Db& db) {
+    db.exec(sql::schema_v2, "sample_store.migrate_to_v2");
+}
+
+// migrations[v] brings a store from user_version v to v + 1.
 using Migration = void (*)(Db&);
-constexpr Migration migrations[] = {&migrate_to_v1};
+constexpr Migration migrations[] = {&migrate_to_v1, &migrate_to_v2};
 constexpr int schema_version = static_cast<int>(std::size(migrations));
 
 // Keys of `meta` that belong to the store itself.
@@ -388,7 +392,7 @@ void ensure_reserve(const std::string& db_path, std::int64_t bytes) {
 }
 
 // Gives the reserve up; true if there was one.
-bool release_reserve(const std::string& db_path) {
+bool remove_reserve_file(const std::string& db_path) {
     return ::unlink(reserve_path(db_path).c_str()) == 0;
 }
 
@@ -401,6 +405,8 @@ void migrate(Db& db, const StoreOptions& o, std::string_view op) {
     // Re-read under the write lock: another connection may have migrated meanwhile.
     const int from = read_user_version(db, op);
     if (from >= schema_version) return;  // nothing to do; the guard ends the transaction
+    // NOTE: user_version is any int32 a file holds; migrations[from] must not index with it.
+    if (from < 0) throw StorageError(fmt::format("[{}] schema version {} is not valid", op, from));
     for (int v = from; v < schema_version; ++v) migrations[v](db);
     if (from == 0) {
         put_meta(db, key_declaration, describe(o.input, o.label), op);
@@ -529,6 +535,9 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
     // Only reads until the file is known to be ours and not newer: a file that is not a
     // database, or has a newer schema, is left untouched.
     const int version = read_user_version(db, op);  // "file is not a database" surfaces here
+    if (version < 0)
+        throw StorageError(
+            fmt::format("[{}] schema version {} is not valid (a damaged file?)", op, version));
     if (version > schema_version)
         throw StorageError(
             fmt::format("[{}] schema version {} is newer than this build "
@@ -599,6 +608,73 @@ std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples
     for (std::size_t i = 0; i < samples.size(); ++i)
         validate_sample(samples[i], impl_->options, op, static_cast<std::ptrdiff_t>(i));
     return insert_samples(impl_->db, impl_->options, samples, op);
+}
+
+namespace {
+
+// FNV-1a 64 over what identifies a batch (inputs, tokens, labels, targets, weights), as hex.
+std::string batch_hash(std::span<const Sample> samples) {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    auto mix = [&h](const void* p, std::size_t n) {
+        const auto* b = static_cast<const std::uint8_t*>(p);
+        for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ULL;
+    };
+    for (const Sample& s : samples) {
+        mix(s.input.data(), s.input.size() * sizeof(float));
+        mix(s.tokens.data(), s.tokens.size() * sizeof(std::int32_t));
+        mix(&s.label, sizeof s.label);
+        mix(s.target.data(), s.target.size() * sizeof(float));
+        mix(&s.weight, sizeof s.weight);
+        mix(&s.created_at, sizeof s.created_at);
+    }
+    return fmt::format("{:016x}", h);
+}
+
+}  // namespace
+
+std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples,
+                                                 std::string_view idempotency_key) {
+    constexpr std::string_view op = "sample_store.add_batch";
+    if (idempotency_key.empty() || idempotency_key.size() > max_digest_bytes)
+        throw InvalidArgument(fmt::format("[{}] idempotency key must be 1 to {} bytes; got {}", op,
+                                          max_digest_bytes, idempotency_key.size()));
+    for (std::size_t i = 0; i < samples.size(); ++i)
+        validate_sample(samples[i], impl_->options, op, static_cast<std::ptrdiff_t>(i));
+    const std::string hash = batch_hash(samples);
+    Db& db = impl_->db;
+    TxGuard tx(db, op);
+    {
+        Stmt st(db, sql::select_add_key, op);
+        st.bind(1, idempotency_key);
+        if (st.step()) {
+            if (st.text(0) != hash)
+                throw InvalidArgument(fmt::format(
+                    "[{}] idempotency key '{}' was used for other samples", op, idempotency_key));
+            const auto blob = st.blob(1);
+            if (blob.size() != samples.size() * 8)
+                throw CorruptData(fmt::format("[{}] key '{}' holds {} bytes of ids for {} samples",
+                                              op, idempotency_key, blob.size(), samples.size()));
+            std::vector<std::int64_t> ids(samples.size());
+            if (!blob.empty()) std::memcpy(ids.data(), blob.data(), blob.size());
+            if constexpr (std::endian::native != std::endian::little)
+                for (auto& id : ids) id = static_cast<std::int64_t>(__builtin_bswap64(id));
+            return ids;  // the guard ends the (empty) transaction
+        }
+    }
+    std::vector<std::int64_t> ids = insert_samples(db, impl_->options, samples, op);
+    std::vector<std::uint8_t> bytes(ids.size() * 8);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+        for (int b = 0; b < 8; ++b)
+            bytes[i * 8 + static_cast<std::size_t>(b)] =
+                static_cast<std::uint8_t>(static_cast<std::uint64_t>(ids[i]) >> (8 * b));
+    Stmt(db, sql::insert_add_key, op)
+        .bind(1, idempotency_key)
+        .bind(2, std::string_view(hash))
+        .bind_blob(3, bytes)
+        .run();
+    Stmt(db, sql::trim_add_keys, op).bind(1, add_keys_kept).run();
+    tx.commit();
+    return ids;
 }
 
 std::optional<Sample> SampleStore::get(std::int64_t id, Fields fields) const {
@@ -737,17 +813,27 @@ std::int64_t SampleStore::erase_ids(std::span<const std::int64_t> ids,
     std::int64_t deleted = 0;
     try {
         deleted = erase();
-    } catch (const StorageError&) {
+    } catch (const DiskFull&) {
         // NOTE: the deletion itself needs room (its pages go to the -wal before any is freed).
-        if ((db.last_failure() & 0xff) != SQLITE_FULL || !release_reserve(impl_->path)) throw;
+        if (!remove_reserve_file(impl_->path)) throw;
         deleted = erase();
     }
     // The deleted rows' old versions are still in -wal frames, and under synchronous=NORMAL the
     // commit is not yet synced: copy, sync, truncate.
     // NOTE: a released reserve is recreated at the next open, not here: the room it freed is
-    // what the retrain that usually follows an erasure needs to commit.
-    db.checkpoint_truncate(op);
+    // what the retrain that usually follows an erasure needs to commit. The checkpoint, too,
+    // may need room: the file grows by the pages the -wal added.
+    try {
+        db.checkpoint_truncate(op);
+    } catch (const DiskFull&) {
+        if (!remove_reserve_file(impl_->path)) throw;
+        db.checkpoint_truncate(op);
+    }
     return deleted;
+}
+
+bool SampleStore::release_reserve() {
+    return remove_reserve_file(impl_->path);
 }
 
 std::int64_t SampleStore::delete_older_than(std::int64_t cutoff_ms) {

@@ -146,8 +146,9 @@ struct StoreOptions {
     bool background_checkpoints = true;
     // A writable store keeps a file `<path>-reserve` of this many bytes next to the database.
     // erase_ids() gives it up when the disk is full, so that an erasure (which needs room in
-    // the -wal before anything is freed) still commits; the next open that has room recreates
-    // it. 0: no reserve.
+    // the -wal before anything is freed) still commits, and its checkpoint (which grows the
+    // file by the pages the -wal added since the last one) completes; the next open that has
+    // room recreates it. 0: no reserve.
     std::int64_t reserve_bytes = 256 << 10;
 };
 
@@ -253,6 +254,17 @@ public:
     // All or nothing, in one transaction; ids[i] belongs to samples[i]. With keep_newest, a
     // batch larger than the capacity keeps only its newest samples.
     std::vector<std::int64_t> add_batch(std::span<const Sample> samples);
+    // The same with an idempotency key (1 to 256 bytes), recorded in the same transaction: if
+    // the key was recorded already (one of the newest add_keys_kept), nothing is added and the
+    // ids of that first call are returned, so a retry after an error whose outcome is unknown
+    // (see below) never stores a batch twice. Throws InvalidArgument if the key came with other
+    // samples. Errors: InvalidArgument and CorruptData mean nothing was stored; a StorageError
+    // whose message says "outcome unknown" failed while committing (an I/O error or a failed
+    // fsync: the commit may have reached the disk), retry with the same key; any other
+    // StorageError failed before the commit, and nothing was stored.
+    std::vector<std::int64_t> add_batch(std::span<const Sample> samples,
+                                        std::string_view idempotency_key);
+    static constexpr std::int64_t add_keys_kept = 10000;
     std::optional<Sample> get(std::int64_t id, Fields fields = Fields::all) const;
     // One Sample per id, in order. Throws InvalidArgument naming missing ids.
     std::vector<Sample> get_many(std::span<const std::int64_t> ids,
@@ -286,6 +298,9 @@ public:
     // their bytes may remain in the -wal until the next erase_ids().
     std::int64_t erase_ids(std::span<const std::int64_t> ids,
                            std::span<const std::pair<std::string, std::string>> meta = {});
+    // Gives up the reserve file to make room on a full disk (what erase_ids does by itself);
+    // true if there was one. The next open with room recreates it.
+    bool release_reserve();
     // Deletes samples with created_at < cutoff (unix ms); returns how many.
     std::int64_t delete_older_than(std::int64_t cutoff_ms);
 
