@@ -8,11 +8,12 @@
 //   edgetune info | forget | export ...          (edgetune help COMMAND for the options)
 //
 // Every command takes --db, --backbone and --classes: the database is opened with that frozen
-// backbone and a head over that many classes (a different backbone than the one the database
-// was trained with triggers the Personalizer's upgrade: features recomputed, head retrained).
-// Only `add` creates a missing database. Exit status: 0 success, 1 bad input or a failure,
-// 2 a command-line usage error, 3 training was rolled back or cancelled. Errors are one line on
-// stderr: "edgetune: add: line 3: expected 785 values, got 12".
+// backbone and a head over that many classes. A different backbone than the one the database
+// was trained with is refused, except by `train --upgrade-backbone` (features recomputed, head
+// retrained). Only `add` creates a missing database; info, predict and export never write. Exit
+// status: 0 success, 1 bad input or a failure, 2 a command-line usage error, 3 training was rolled
+// back or cancelled. Errors are one line on stderr: "edgetune: add: line 3: expected 785 values,
+// got 12".
 //
 // Limits: classification heads only (linear or prototype); CSV is plain comma-separated numbers
 // (no quoting); IDX input is unsigned-byte images (scaled to [0, 1]) with unsigned-byte labels.
@@ -130,7 +131,11 @@ std::optional<std::int64_t> to_int(std::string_view s) {
 }
 
 std::optional<float> to_float(std::string_view s) {
-    if (!s.empty() && s.front() == '+') s.remove_prefix(1);
+    // A leading '+' is accepted once: "+-1" and "++1" are not numbers.
+    if (!s.empty() && s.front() == '+') {
+        s.remove_prefix(1);
+        if (!s.empty() && (s.front() == '-' || s.front() == '+')) return std::nullopt;
+    }
     float v = 0.0f;
     const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
     if (ec != std::errc() || end != s.data() + s.size() || s.empty()) return std::nullopt;
@@ -193,8 +198,15 @@ HeadSpec head_option(const Args& args, std::int64_t classes) {
     throw UsageError("--head: expected linear or prototype, got '" + head + "'");
 }
 
-// Opens the database with the given (or --backbone's) backbone; only `add` may create it.
-Opened open_db(const Args& args, bool create, std::shared_ptr<const Backbone> backbone = nullptr) {
+// How a command opens the database: only `add` creates it; read-only commands never write
+// (no feature filling, no owed retrain, no upgrade); --upgrade-backbone (train) allows a
+// backbone change.
+enum class Access { read_only, write, create };
+
+// Opens the database with the given (or --backbone's) backbone.
+Opened open_db(const Args& args, Access access,
+               std::shared_ptr<const Backbone> backbone = nullptr) {
+    const bool create = access == Access::create;
     Opened o;
     o.db = args.require("db");
     const std::int64_t classes = classes_option(args);
@@ -204,6 +216,8 @@ Opened open_db(const Args& args, bool create, std::shared_ptr<const Backbone> ba
     if (!create && !std::filesystem::exists(o.db))
         throw Failure("database '" + o.db + "' does not exist (`edgetune add` creates it)");
     options.backbone = o.backbone;
+    options.read_only = access == Access::read_only;
+    options.upgrade_backbone = access != Access::read_only && args.flag("upgrade-backbone");
     o.personalizer = Personalizer::open(o.db, options);
     if (const auto upgrade = o.personalizer->last_upgrade())
         std::fprintf(stderr,
@@ -572,8 +586,13 @@ std::string run_summary(const std::string& json) {
     return s;
 }
 
+// At most this many ids in all: a range like 1-9223372036854775807 is refused before it is
+// expanded, and so are many ranges that add up.
+constexpr std::int64_t max_forget_ids = 10'000'000;
+
 std::vector<std::int64_t> parse_ids(const std::vector<std::string>& items) {
     std::vector<std::int64_t> ids;
+    std::int64_t total = 0;
     for (const std::string& item : items) {
         std::size_t start = 0;
         for (;;) {
@@ -586,7 +605,11 @@ std::vector<std::int64_t> parse_ids(const std::vector<std::string>& items) {
                 const auto hi = dash == std::string::npos ? lo : to_int(part.substr(dash + 1));
                 if (!lo || !hi || *lo <= 0 || *hi < *lo)
                     throw UsageError("bad sample id '" + part + "' (expected N or N-M, ids > 0)");
-                if (*hi - *lo > 10000000) throw UsageError("id range '" + part + "' is too large");
+                // hi >= lo > 0, so hi - lo cannot overflow.
+                if (*hi - *lo >= max_forget_ids - total)
+                    throw UsageError("id range '" + part + "' makes more than " +
+                                     std::to_string(max_forget_ids) + " ids");
+                total += *hi - *lo + 1;
                 for (std::int64_t id = *lo; id <= *hi; ++id) ids.push_back(id);
             }
             if (comma == std::string::npos) break;
@@ -602,7 +625,7 @@ std::vector<std::int64_t> parse_ids(const std::vector<std::string>& items) {
 // Commands
 
 int cmd_info(const Args& args) {
-    Opened o = open_db(args, false);
+    Opened o = open_db(args, Access::read_only);
     Personalizer& p = *o.personalizer;
     SampleStore& store = p.store();
     const Backbone& b = *o.backbone;
@@ -685,7 +708,7 @@ int cmd_add(const Args& args) {
         samples = read_idx(*images, *labels, limit, *backbone, classes);
         if (samples.empty()) throw Failure("'" + *images + "' holds no images");
     }
-    Opened o = open_db(args, true, backbone);
+    Opened o = open_db(args, Access::create, backbone);
     const std::vector<std::int64_t> ids = o.personalizer->add(samples);
     std::int64_t kept = 0, lo = INT64_MAX, hi = 0;
     for (std::int64_t id : ids)
@@ -704,7 +727,7 @@ int cmd_add(const Args& args) {
 
 int cmd_train(const Args& args) {
     const TrainOptions options = parse_train_options(args);
-    Opened o = open_db(args, false);
+    Opened o = open_db(args, Access::write);
     const TrainReport r =
         train_with_progress(*o.personalizer, options, args.flag("quiet"), false, {});
     print_report(r, args.flag("json"));
@@ -714,7 +737,7 @@ int cmd_train(const Args& args) {
 int cmd_predict(const Args& args) {
     const int k = static_cast<int>(int_option(args, "k", 3, 1, 1 << 24));
     const bool labelled = args.flag("labelled");
-    Opened o = open_db(args, false);
+    Opened o = open_db(args, Access::read_only);
     const auto classes = o.personalizer->store().label_spec().size;
     const auto rows = read_csv(args.require("csv"), *o.backbone, classes, labelled);
     std::int64_t correct = 0;
@@ -743,7 +766,7 @@ int cmd_forget(const Args& args) {
     const std::vector<std::int64_t> ids = parse_ids(items);
     if (ids.empty()) throw UsageError("no sample ids given (--ids 3,7,10-12 or ids as arguments)");
     const TrainOptions options = parse_train_options(args);
-    Opened o = open_db(args, false);
+    Opened o = open_db(args, Access::write);
     // All or nothing: an id that is not stored is an error, and nothing is deleted.
     std::vector<std::int64_t> missing;
     for (std::int64_t id : ids)
@@ -766,7 +789,7 @@ int cmd_forget(const Args& args) {
 
 int cmd_export(const Args& args) {
     const std::string out = args.require("out");
-    Opened o = open_db(args, false);
+    Opened o = open_db(args, Access::read_only);
     // The library's own head checkpoint (storage/FORMAT.md), decoded here only to print it.
     const std::vector<std::uint8_t> bytes = o.personalizer->head_checkpoint();
     const Checkpoint c = decode_checkpoint(bytes);
@@ -820,11 +843,14 @@ const std::vector<Command>& commands() {
          cmd_add},
         {"train",
          "train the head on what is stored (guarded: a worse head is rolled back)",
-         " [training options] [--json] [--quiet]\n\n"
+         " [training options] [--json] [--quiet] [--upgrade-backbone]\n\n"
          "  --json            print the report as JSON\n"
-         "  --quiet           no progress bar on stderr\n",
+         "  --quiet           no progress bar on stderr\n"
+         "  --upgrade-backbone  the database was trained with another backbone: recompute its\n"
+         "                    features with this one and retrain the head from a fresh base\n"
+         "                    (without it, every command refuses the other backbone)\n",
          {},
-         {"json", "quiet"},
+         {"json", "quiet", "upgrade-backbone"},
          true,
          cmd_train},
         {"predict",
@@ -889,6 +915,9 @@ const Command* find_command(const std::string& name) {
     return nullptr;
 }
 
+#ifndef EDGETUNE_IMPORT_SCRIPT  // cli/meson.build sets the source tree's copy
+#define EDGETUNE_IMPORT_SCRIPT "tools/onnx_import.py"
+#endif
 // `edgetune import model.onnx backbone.etb [...]`: the ONNX converter runs on the developer's
 // machine in Python (python3-onnx), so this replaces the process with tools/onnx_import.py
 // ($EDGETUNE_IMPORT_SCRIPT, else the source tree's copy; its #! line picks /usr/bin/python3,

@@ -36,6 +36,13 @@ public:
     using Error::Error;
 };
 
+// The disk (or StoreOptions::max_pages) is full: the failed write stored nothing; deleting
+// data, or SampleStore::release_reserve(), makes room.
+class DiskFull : public StorageError {
+public:
+    using StorageError::StorageError;
+};
+
 // Training produced a non-finite loss or parameter.
 class DivergedError : public Error {
 public:

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <string>
 
+#include "cpu.hpp"
 #include "detail/layers.hpp"
 #include "personalize.hpp"
 
@@ -322,6 +323,22 @@ Matrix run_external(const Backbone::FeatureFunction& compute, std::span<const Sa
     return f;
 }
 }  // namespace
+
+
+std::string Backbone::feature_key() const {
+    // External features come from the app's engine, not from this process's kernels.
+    if (!net_ && !graph_) return digest_;
+#ifdef EDGETUNE_HAVE_AVX2_KERNELS
+    if (cpu_runs_avx2_kernels()) return digest_ + "@avx2-fma";
+#endif
+#if defined(__x86_64__)
+    return digest_ + "@generic-x86_64";
+#elif defined(__aarch64__)
+    return digest_ + "@generic-aarch64";
+#else
+    return digest_ + "@generic";
+#endif
+}
 
 std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
     const std::vector<std::uint8_t> bytes = read_file(path, max_backbone_bytes);

@@ -115,6 +115,12 @@ public:
     // Content digest of architecture + weights (16 hex digits, FNV-1a 64 of the file bytes):
     // cached features are keyed by it.
     const std::string& digest() const { return digest_; }
+    // What cached features are keyed by: the digest plus the frozen_dense variant this process
+    // computes them with ("6769f7bec7c71457@avx2-fma", "...@generic-x86_64"). The variants
+    // differ in the last bits, so a store moved to a CPU that runs the other one recomputes its
+    // features instead of mixing two kinds (exact unlearning and determinism rest on them).
+    // External backbones: the identity alone (the app's engine computed the features).
+    std::string feature_key() const;
 
     explicit Backbone(std::unique_ptr<BackboneNet> net);  // use freeze() / load()
 
@@ -273,6 +279,14 @@ struct PersonalizerOptions {
     Durability durability = Durability::normal;
     std::uint64_t seed = 0;            // head initialization and the validation split
     float validation_fraction = 0.2f;  // of each class; classes with < 5 samples keep all
+    // A store recorded with another backbone digest is refused (InvalidArgument naming both,
+    // nothing written) unless this is set: then its features are recomputed from the stored
+    // raw inputs and the head retrained from a fresh base. The previous backbone's trained
+    // checkpoint and features stay in the store until that retrain commits.
+    bool upgrade_backbone = false;
+    // Opens the store read-only: nothing is ever written (no feature filling, no owed retrain,
+    // no upgrade; add/train/forget throw StorageError). The store must exist.
+    bool read_only = false;
     // The head to start from instead of a seeded random one: recorded as the `base` checkpoint
     // when the database is created (and when a backbone upgrade makes a new base), so forget()
     // and upgrades retrain from it. Checked at open() against the head spec (names, shapes), the
@@ -288,8 +302,9 @@ class Personalizer {
 public:
     // Opens (or creates) the database. First open: records the backbone digest and head spec
     // and saves a `base` checkpoint of the initial head. Later opens resume from the latest
-    // checkpoint; a different backbone digest recomputes features from the stored raw inputs
-    // and retrains the head from a fresh base (report in last_upgrade()).
+    // checkpoint; a different backbone digest is refused unless options.upgrade_backbone, which
+    // recomputes features from the stored raw inputs and retrains the head from a fresh base
+    // (report in last_upgrade()).
     static std::unique_ptr<Personalizer> open(const std::string& db_path,
                                               const PersonalizerOptions& options);
     ~Personalizer();
@@ -297,6 +312,12 @@ public:
     // Validates, stores and caches backbone features; all or nothing. Returns ids.
     std::int64_t add(const Sample& sample);
     std::vector<std::int64_t> add(std::span<const Sample> samples);
+    // The same with an idempotency key (SampleStore::add_batch; "" = none): a retry with the
+    // same key after an error stores nothing twice and returns the first call's ids. A
+    // StorageError saying "outcome unknown" (an I/O error or failed fsync while committing)
+    // may have stored the samples: retry with the same key. Other errors stored nothing.
+    std::vector<std::int64_t> add(std::span<const Sample> samples,
+                                  std::string_view idempotency_key);
 
     // Top-k labels with probabilities, best first, from the last committed head.
     std::vector<Prediction> predict(const Sample& input, int k = 1) const;

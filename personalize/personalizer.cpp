@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <numeric>
 
@@ -34,6 +36,12 @@ const char* const meta_trained_upto = "personalize.trained_upto";
 // change that makes the current head wrong, cleared by the retrain's commit): a crash in
 // between retrains at the next open, so a forgotten sample never survives in the head.
 const char* const meta_retrain_pending = "personalize.retrain_pending";
+// The previous backbone's digest while an upgrade's retrain is owed: its features are dropped
+// by the retrain's commit, not before.
+const char* const meta_upgrade_from = "personalize.upgrade_from";
+// The key the cached features are stored under (Backbone::feature_key): a store opened where
+// another kernel variant runs drops them and computes its own.
+const char* const meta_feature_key = "personalize.feature_key";
 
 [[noreturn]] void fail(const char* op, const std::string& message) {
     throw InvalidArgument(std::string("[") + op + "] " + message);
@@ -105,6 +113,7 @@ struct Personalizer::Impl {
     PersonalizerOptions options;
     StoreOptions store_options;
     std::string digest;
+    std::string feature_key;  // what cached features are keyed by (digest + kernel variant)
 
     mutable std::mutex store_mu;
     SampleStore store;
@@ -120,6 +129,7 @@ struct Personalizer::Impl {
           options(std::move(o)),
           store_options(so),
           digest(options.backbone->digest()),
+          feature_key(options.backbone->feature_key()),
           store(std::move(s)) {}
 
     const Backbone& backbone() const { return *options.backbone; }
@@ -200,15 +210,15 @@ struct Personalizer::Impl {
     // Computes and caches features of every sample lacking them for this backbone.
     void fill_missing_features(SampleStore& st) {
         for (;;) {
-            const auto ids = st.ids_missing_features(digest, 256);
+            const auto ids = st.ids_missing_features(feature_key, 256);
             if (ids.empty()) return;
             const auto samples = st.get_many(ids);
-            st.put_features(digest, ids, backbone().features(samples));
+            st.put_features(feature_key, ids, backbone().features(samples));
         }
     }
 
     Dataset load_dataset(const SampleStore& st) const {
-        Dataset d = detail::read_dataset(st, spec(), digest, backbone().feature_dim());
+        Dataset d = detail::read_dataset(st, spec(), feature_key, backbone().feature_dim());
         detail::mark_validation(d, spec(), options.seed, options.validation_fraction);
         return d;
     }
@@ -246,7 +256,10 @@ struct Personalizer::Impl {
 TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     detail::validate_train_options(opts);
     // The run's own connection: the app's connection stays free for add() and predict().
-    Run r{.start = Clock::now(), .st = SampleStore::open(path, store_options), .mode = mode};
+    // It never recreates a released reserve: on a full disk that room is what this run needs.
+    StoreOptions run_options = store_options;
+    run_options.reserve_bytes = 0;
+    Run r{.start = Clock::now(), .st = SampleStore::open(path, run_options), .mode = mode};
     SampleStore& st = r.st;
     // A retrain owed by forget() or an upgrade that did not finish (crash, exception) comes
     // first: an incremental update would build on a head that must be dropped.
@@ -338,15 +351,25 @@ TrainReport Personalizer::Impl::commit(Run& r, const HeadState& s,
     const auto payload = encode(*s.head, optimizer_state, step, s.seen, rng, metrics);
     {
         Transaction tx = r.st.transaction();
+        // Pruning first frees the pages the new checkpoint needs: a retrain that a forget owes
+        // must commit on a full disk too. A retrain from base keeps no older trained checkpoint
+        // (they may hold what forget() removed).
+        r.st.prune_checkpoints(r.mode == Mode::from_base ? 0 : 2);
         r.st.save_checkpoint({.kind = CheckpointKind::trained,
                               .step = step,
                               .backbone_digest = digest,
                               .metrics = metrics},
                              payload);
         r.st.set_meta(meta_trained_upto, std::to_string(upto));
-        if (r.mode == Mode::from_base) r.st.set_meta(meta_retrain_pending, "");
+        if (r.mode == Mode::from_base) {
+            r.st.set_meta(meta_retrain_pending, "");
+            // An upgrade is settled: the previous backbone's features go with its head.
+            if (const auto from = r.st.get_meta(meta_upgrade_from); from && !from->empty()) {
+                r.st.keep_only_features(feature_key);
+                r.st.set_meta(meta_upgrade_from, "");
+            }
+        }
         r.st.append_run(metrics);
-        r.st.prune_checkpoints(r.mode == Mode::from_base ? 1 : 3);
         tx.commit();
     }
     publish(s.head);
@@ -376,6 +399,9 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
                                          : LabelSpec::regression(options.head.outputs);
     so.retention = options.retention;
     so.durability = options.durability;
+    so.read_only = options.read_only;
+    if (options.read_only && !std::filesystem::exists(db_path))
+        fail(op, "'" + db_path + "' does not exist (read-only open)");
     SampleStore store = SampleStore::open(db_path, so);
     auto impl = std::make_unique<Impl>(db_path, options, so, std::move(store));
     Impl& m = *impl;
@@ -384,6 +410,19 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
     if (auto stored = m.store.get_meta(meta_head); stored && *stored != spec)
         fail(op, "'" + db_path + "' was created with head '" + *stored + "', not '" + spec + "'");
     const auto stored_digest = m.store.get_meta(meta_digest);
+    if (stored_digest && *stored_digest != m.digest && !options.upgrade_backbone)
+        fail(op, "'" + db_path + "' holds the features and head of backbone " + *stored_digest +
+                     ", not of this backbone " + m.digest +
+                     "; set upgrade_backbone to recompute the features and retrain "
+                     "(nothing was changed)");
+    if (options.read_only) {
+        if (!stored_digest) fail(op, "'" + db_path + "' is not a personalization database yet");
+        // An owed retrain (forget, upgrade) is not run here: serve the base head meanwhile,
+        // never a head that still holds what was forgotten.
+        const bool owed = !m.store.get_meta(meta_retrain_pending).value_or("").empty();
+        m.publish(owed ? m.load_base(m.store).head : m.load_current(m.store).head);
+        return std::unique_ptr<Personalizer>(new Personalizer(std::move(impl)));
+    }
     if (!stored_digest) {
         Transaction tx = m.store.transaction();
         m.store.set_meta(meta_head, spec);
@@ -395,11 +434,20 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         // below is owed until it commits (a crash in between retrains at the next open).
         m.fill_missing_features(m.store);
         Transaction tx = m.store.transaction();
-        m.store.drop_features(*stored_digest);
+        m.store.set_meta(meta_upgrade_from, *stored_digest);
         m.save_base(m.store);
         m.store.set_meta(meta_digest, m.digest);
         m.store.set_meta(meta_trained_upto, "0");
         m.store.set_meta(meta_retrain_pending, "upgrade");
+        tx.commit();
+    }
+    if (m.store.get_meta(meta_feature_key) != m.feature_key) {
+        // Features computed elsewhere (another CPU's kernel variant, or a store older than the
+        // key): replaced, never mixed with this process's.
+        Transaction tx = m.store.transaction();
+        if (m.store.get_meta(meta_upgrade_from).value_or("").empty())
+            m.store.keep_only_features(m.feature_key);
+        m.store.set_meta(meta_feature_key, m.feature_key);
         tx.commit();
     }
     m.fill_missing_features(m.store);
@@ -416,6 +464,11 @@ std::int64_t Personalizer::add(const Sample& sample) {
 }
 
 std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
+    return add(samples, {});
+}
+
+std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples,
+                                            std::string_view idempotency_key) {
     const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     if (samples.empty()) fail("Personalizer.add", "empty batch");
     // Features first: a wrong width or NaN is rejected before anything is written.
@@ -423,8 +476,11 @@ std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
     std::lock_guard lock(impl_->store_mu);
     SampleStore& st = impl_->store;
     Transaction tx = st.transaction();
+    // A key seen before returns its ids; put_features below then rewrites the same bits.
     std::vector<std::int64_t> evicted;  // ascending
-    std::vector<std::int64_t> ids = st.add_batch(samples, evicted);
+    std::vector<std::int64_t> ids = idempotency_key.empty()
+                                        ? st.add_batch(samples, evicted)
+                                        : st.add_batch(samples, idempotency_key, evicted);
     std::vector<std::int64_t> kept;
     std::vector<Index> rows;
     for (std::size_t i = 0; i < ids.size(); ++i)
@@ -437,7 +493,7 @@ std::vector<std::int64_t> Personalizer::add(std::span<const Sample> samples) {
         Matrix values(static_cast<Index>(kept.size()), features.cols());
         for (std::size_t i = 0; i < rows.size(); ++i)
             values.row(static_cast<Index>(i)) = features.row(rows[i]);
-        st.put_features(impl_->digest, kept, values);
+        st.put_features(impl_->feature_key, kept, values);
     }
     tx.commit();
     return ids;
@@ -503,15 +559,26 @@ TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainO
             if (!stored) not_found.push_back(id);
             used = used || (id <= upto && stored);
         }
-        // The deletion and the debt to retrain commit together.
-        Transaction tx = st.transaction();
-        st.delete_ids(ids);
-        if (used) st.set_meta(meta_retrain_pending, "forget");
-        tx.commit();
+        // The deletion and the debt to retrain commit together, durably and scrubbed from the
+        // -wal (erase_ids), before the retrain: a power cut cannot bring a sample back.
+        std::vector<std::pair<std::string, std::string>> debt;
+        if (used) debt.emplace_back(meta_retrain_pending, "forget");
+        st.erase_ids(ids, debt);
     }
     TrainReport report;
     if (used) {
-        report = impl_->run(retrain, Impl::Mode::from_base);
+        try {
+            report = impl_->run(retrain, Impl::Mode::from_base);
+        } catch (const DiskFull&) {
+            // The erasure is committed; the retrain it owes needs room too: the reserve, once.
+            bool released = false;
+            {
+                std::lock_guard lock(impl_->store_mu);
+                released = impl_->store.release_reserve();
+            }
+            if (!released) throw;
+            report = impl_->run(retrain, Impl::Mode::from_base);
+        }
     } else {
         report.outcome = TrainReport::Outcome::nothing_to_do;
         report.reason = "none of the forgotten samples had been trained on";

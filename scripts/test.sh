@@ -49,10 +49,23 @@ echo "== release build (asserts on): every suite and the examples' small mode"
 configure build-test 'all' -Dbuildtype=release -Db_ndebug=false || exit 1
 run_suite build-test
 
+echo "== reliability: simulated power cuts, I/O faults, fuzz corpus replay (counts; suites ran above)"
+# One line per scenario and durability mode: cuts, acknowledged, lost, wrong, corrupt; one per
+# I/O fault loop; one per fuzz target replayed over its committed corpus (fuzz/corpus/NAME,
+# crashes found by fuzz/run included).
+EDGETUNE_TEST_TMP=build-test/tests/tmp EDGETUNE_FIXTURES=tests/fixtures build-test/tests/test_reliability >build-test/reliability.log 2>&1 ||
+    { status=1; echo "reliability: FAILED (build-test/reliability.log)"; }
+grep -E '^(power loss|io faults):' build-test/reliability.log
+for t in checkpoint backbone csv idx database; do
+    inputs=(fuzz/corpus/$t)
+    [ -d fuzz/crashes/$t ] && inputs+=(fuzz/crashes/$t)
+    build-test/fuzz/fuzz_${t}_replay "${inputs[@]}" || { status=1; echo "fuzz replay $t: FAILED"; }
+done
+
 echo "== ASan + UBSan build: every doctest suite"
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-configure build-asan 'tests/test_[a-z_]*' -Dbuildtype=debugoptimized -Db_sanitize=address,undefined || exit 1
-run_suite build-asan --suite autograd --suite optim --suite storage --suite personalize --suite threads
+configure build-asan 'tests/test_[a-z_]*\|fuzz/fuzz_[a-z_]*_replay' -Dbuildtype=debugoptimized -Db_sanitize=address,undefined || exit 1
+run_suite build-asan --suite autograd --suite optim --suite storage --suite personalize --suite threads --suite reliability --suite fuzz
 
 echo "== ThreadSanitizer build: the threaded suite"
 export TSAN_OPTIONS=halt_on_error=1

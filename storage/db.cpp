@@ -4,7 +4,9 @@
 
 #include "detail/sql.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cassert>
@@ -191,7 +193,10 @@ void Db::checkpoint_in_background(bool sync_full, int wal_frames) {
 void Db::check(int rc, std::string_view what) const {
     if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
     // sqlite3_errmsg describes the most recent failure on this connection, which is this one.
-    throw StorageError(fmt::format("[{}] {} (SQLite code {})", what, sqlite3_errmsg(handle_), rc));
+    const std::string message =
+        fmt::format("[{}] {} (SQLite code {})", what, sqlite3_errmsg(handle_), rc);
+    if ((rc & 0xff) == SQLITE_FULL) throw DiskFull(message);
+    throw StorageError(message);
 }
 
 sqlite3_stmt* Db::prepare(const char* sql, std::string_view what) {
@@ -217,7 +222,22 @@ int Db::begin(std::string_view what) {
 
 void Db::commit(std::string_view what) {
     // On failure depth_ is unchanged: the caller's guard then calls rollback().
-    Stmt(*this, depth_ == 1 ? sql::commit : sql::release, what).run();
+    if (depth_ > 1) {
+        Stmt(*this, sql::release, what).run();
+    } else {
+        const int rc = Stmt(*this, sql::commit, what).step_rc();
+        // NOTE: an I/O error here (a failed write of the -wal, a failed fsync) may come after
+        // the commit reached the disk: SQLite then finds it stored at the next open.
+        if (rc != SQLITE_DONE && rc != SQLITE_OK && rc != SQLITE_ROW) {
+            const bool io = (rc & 0xff) == SQLITE_IOERR;
+            if (!io) check(rc, what);
+            throw StorageError(
+                fmt::format("[{}] {} (SQLite code {}){}", what, sqlite3_errmsg(handle_), rc,
+                            io ? "; outcome unknown: the commit may be stored, retry with the same "
+                                 "idempotency key"
+                               : ""));
+        }
+    }
     --depth_;
 }
 
@@ -229,6 +249,28 @@ void Db::rollback() noexcept {
     // fails when SQLite has already abandoned the transaction.
     sqlite3_exec(handle_, depth_ == 0 ? sql::rollback : sql::rollback_to, nullptr, nullptr,
                  nullptr);
+}
+
+void Db::checkpoint_truncate(std::string_view what) {
+    assert(depth_ == 0);
+    int frames = -1, copied = -1;
+    check(sqlite3_wal_checkpoint_v2(handle_, "main", SQLITE_CHECKPOINT_TRUNCATE, &frames, &copied),
+          what);
+    // TRUNCATE returns OK with the frame counts when it could not complete; 0 frames = done.
+    if (frames != 0)
+        throw StorageError(
+            fmt::format("[{}] the WAL checkpoint stopped after {} of {} frames: "
+                        "another connection is reading",
+                        what, copied, frames));
+    const std::string wal = sqlite3_filename_wal(sqlite3_db_filename(handle_, "main"));
+    const int fd = ::open(wal.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;  // no -wal file: nothing to sync
+    const int rc = ::fsync(fd);
+    const int err = errno;
+    ::close(fd);
+    if (rc != 0)
+        throw StorageError(fmt::format("[{}] fsync of '{}' failed: {}", what, wal,
+                                       std::error_code(err, std::generic_category()).message()));
 }
 
 void Db::begin_read(std::string_view what) {

@@ -10,6 +10,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <iterator>
 #include <numeric>
 #include <set>
@@ -31,10 +33,11 @@ using detail::Stmt;
 using detail::TxGuard;
 
 struct SampleStore::Impl {
-    Impl(const std::string& path, const StoreOptions& o)
-        : db(path, o.read_only, o.busy_timeout), options(o) {}
+    Impl(const std::string& p, const StoreOptions& o)
+        : db(p, o.read_only, o.busy_timeout), options(o), path(p) {}
     Db db;
     StoreOptions options;
+    std::string path;
 };
 
 namespace {
@@ -45,9 +48,13 @@ void migrate_to_v1(Db& db) {
     db.exec(sql::schema_v1, "sample_store.migrate_to_v1");
 }
 
-// migrations[v] brings a store from user_version v to v + 1; schema v2 appends migrate_to_v2.
+void migrate_to_v2(Db& db) {
+    db.exec(sql::schema_v2, "sample_store.migrate_to_v2");
+}
+
+// migrations[v] brings a store from user_version v to v + 1.
 using Migration = void (*)(Db&);
-constexpr Migration migrations[] = {&migrate_to_v1};
+constexpr Migration migrations[] = {&migrate_to_v1, &migrate_to_v2};
 constexpr int schema_version = static_cast<int>(std::size(migrations));
 
 // Keys of `meta` that belong to the store itself.
@@ -188,6 +195,9 @@ void validate_options(const StoreOptions& o, std::string_view op) {
         throw InvalidArgument(fmt::format("[{}] cache_bytes {} is negative", op, o.cache_bytes));
     if (o.max_pages < 0)
         throw InvalidArgument(fmt::format("[{}] max_pages {} is negative", op, o.max_pages));
+    if (o.reserve_bytes < 0)
+        throw InvalidArgument(
+            fmt::format("[{}] reserve_bytes {} is negative", op, o.reserve_bytes));
     if (o.checkpoint_bytes < 1)
         throw InvalidArgument(
             fmt::format("[{}] checkpoint_bytes {} must be >= 1", op, o.checkpoint_bytes));
@@ -351,6 +361,41 @@ void create_private_file(const std::string& path, std::string_view op) {
     }
 }
 
+// --- the reserve file (StoreOptions::reserve_bytes) ----------------------------------------
+
+std::string reserve_path(const std::string& db_path) {
+    return db_path + "-reserve";
+}
+
+// Makes `<db>-reserve` hold `bytes` bytes of zeros (written, so that the blocks are really
+// allocated, and synced). Best effort: on a full disk there is simply no reserve yet.
+void ensure_reserve(const std::string& db_path, std::int64_t bytes) {
+    if (bytes <= 0) return;
+    const std::string path = reserve_path(db_path);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && st.st_size >= bytes) return;
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    const std::vector<char> zeros(64 << 10, 0);
+    bool ok = true;
+    for (std::int64_t done = 0; ok && done < bytes;) {
+        const auto n = ::write(fd, zeros.data(),
+                               static_cast<std::size_t>(std::min<std::int64_t>(
+                                   bytes - done, static_cast<std::int64_t>(zeros.size()))));
+        if (n < 0 && errno == EINTR) continue;
+        ok = n > 0;
+        done += n;
+    }
+    ok = ok && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) ::unlink(path.c_str());  // a partial reserve would only pretend
+}
+
+// Gives the reserve up; true if there was one.
+bool remove_reserve_file(const std::string& db_path) {
+    return ::unlink(reserve_path(db_path).c_str()) == 0;
+}
+
 int read_user_version(Db& db, std::string_view op) {
     return static_cast<int>(scalar(db, sql::get_user_version, op));
 }
@@ -360,6 +405,8 @@ void migrate(Db& db, const StoreOptions& o, std::string_view op) {
     // Re-read under the write lock: another connection may have migrated meanwhile.
     const int from = read_user_version(db, op);
     if (from >= schema_version) return;  // nothing to do; the guard ends the transaction
+    // NOTE: user_version is any int32 a file holds; migrations[from] must not index with it.
+    if (from < 0) throw StorageError(fmt::format("[{}] schema version {} is not valid", op, from));
     for (int v = from; v < schema_version; ++v) migrations[v](db);
     if (from == 0) {
         put_meta(db, key_declaration, describe(o.input, o.label), op);
@@ -485,6 +532,15 @@ const LabelSpec& SampleStore::label_spec() const {
 SampleStore SampleStore::open(const std::string& path, const StoreOptions& options) {
     const std::string op = fmt::format("sample_store.open '{}'", path);
     validate_options(options, op);
+    // NOTE: a new store's first commits live in its -wal until a checkpoint (the file itself
+    // stays empty), so an empty database with a -wal is fine; a -wal with no database at all
+    // was copied or left without it, and SQLite would replay it onto a fresh, empty file.
+    if (std::error_code ec; !std::filesystem::exists(path, ec) &&
+                            std::filesystem::file_size(path + "-wal", ec) > 0 && !ec)
+        throw StorageError(fmt::format(
+            "[{}] '{}-wal' holds {} bytes of commits but the database file is missing: restore "
+            "the database next to it, or remove the -wal to start an empty store",
+            op, path, std::filesystem::file_size(path + "-wal")));
     if (!options.read_only) create_private_file(path, op);
     auto impl = std::make_unique<Impl>(path, options);
     Db& db = impl->db;
@@ -492,6 +548,9 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
     // Only reads until the file is known to be ours and not newer: a file that is not a
     // database, or has a newer schema, is left untouched.
     const int version = read_user_version(db, op);  // "file is not a database" surfaces here
+    if (version < 0)
+        throw StorageError(
+            fmt::format("[{}] schema version {} is not valid (a damaged file?)", op, version));
     if (version > schema_version)
         throw StorageError(
             fmt::format("[{}] schema version {} is newer than this build "
@@ -545,6 +604,7 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
     if (*declared != wanted)
         throw InvalidArgument(
             fmt::format("[{}] the store was created for {}; opened as {}", op, *declared, wanted));
+    if (!options.read_only) ensure_reserve(path, options.reserve_bytes);
     if (options.max_pages > 0)
         db.exec(sql::max_page_count_prefix + std::to_string(options.max_pages), op);
     db.exec(sql::cache_size_kib_prefix + std::to_string(-(options.cache_bytes / 1024)), op);
@@ -572,6 +632,90 @@ std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples
         validate_sample(samples[i], impl_->options, op, static_cast<std::ptrdiff_t>(i));
     evicted.clear();
     return insert_samples(impl_->db, impl_->options, samples, op, evicted);
+}
+
+namespace {
+
+// FNV-1a 64 over what identifies a batch (inputs, tokens, labels, targets, weights), as hex.
+std::string batch_hash(std::span<const Sample> samples) {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    auto mix = [&h](const void* p, std::size_t n) {
+        const auto* b = static_cast<const std::uint8_t*>(p);
+        for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ULL;
+    };
+    for (const Sample& s : samples) {
+        mix(s.input.data(), s.input.size() * sizeof(float));
+        mix(s.tokens.data(), s.tokens.size() * sizeof(std::int32_t));
+        mix(&s.label, sizeof s.label);
+        mix(s.target.data(), s.target.size() * sizeof(float));
+        mix(&s.weight, sizeof s.weight);
+        mix(&s.created_at, sizeof s.created_at);
+    }
+    return fmt::format("{:016x}", h);
+}
+
+}  // namespace
+
+std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples,
+                                                 std::string_view idempotency_key) {
+    std::vector<std::int64_t> evicted;
+    return add_batch(samples, idempotency_key, evicted);
+}
+
+std::vector<std::int64_t> SampleStore::add_batch(std::span<const Sample> samples,
+                                                 std::string_view idempotency_key,
+                                                 std::vector<std::int64_t>& evicted) {
+    constexpr std::string_view op = "sample_store.add_batch";
+    evicted.clear();
+    if (idempotency_key.empty() || idempotency_key.size() > max_digest_bytes)
+        throw InvalidArgument(fmt::format("[{}] idempotency key must be 1 to {} bytes; got {}", op,
+                                          max_digest_bytes, idempotency_key.size()));
+    for (std::size_t i = 0; i < samples.size(); ++i)
+        validate_sample(samples[i], impl_->options, op, static_cast<std::ptrdiff_t>(i));
+    const std::string hash = batch_hash(samples);
+    Db& db = impl_->db;
+    TxGuard tx(db, op);
+    {
+        Stmt st(db, sql::select_add_key, op);
+        st.bind(1, idempotency_key);
+        if (st.step()) {
+            if (st.text(0) != hash)
+                throw InvalidArgument(fmt::format(
+                    "[{}] idempotency key '{}' was used for other samples", op, idempotency_key));
+            const auto blob = st.blob(1);
+            if (blob.size() != samples.size() * 8)
+                throw CorruptData(fmt::format("[{}] key '{}' holds {} bytes of ids for {} samples",
+                                              op, idempotency_key, blob.size(), samples.size()));
+            std::vector<std::int64_t> ids(samples.size());
+            if (!blob.empty()) std::memcpy(ids.data(), blob.data(), blob.size());
+            if constexpr (std::endian::native != std::endian::little)
+                for (auto& id : ids) id = static_cast<std::int64_t>(__builtin_bswap64(id));
+            // What retention evicted since the first call counts as evicted by this one.
+            Stmt exists(db, sql::select_sample_no_input, op);
+            for (std::int64_t id : ids) {
+                if (id == not_kept) continue;
+                exists.bind(1, id);
+                if (!exists.step()) evicted.push_back(id);
+                exists.reset();
+            }
+            std::sort(evicted.begin(), evicted.end());
+            return ids;  // the guard ends the (empty) transaction
+        }
+    }
+    std::vector<std::int64_t> ids = insert_samples(db, impl_->options, samples, op, evicted);
+    std::vector<std::uint8_t> bytes(ids.size() * 8);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+        for (int b = 0; b < 8; ++b)
+            bytes[i * 8 + static_cast<std::size_t>(b)] =
+                static_cast<std::uint8_t>(static_cast<std::uint64_t>(ids[i]) >> (8 * b));
+    Stmt(db, sql::insert_add_key, op)
+        .bind(1, idempotency_key)
+        .bind(2, std::string_view(hash))
+        .bind_blob(3, bytes)
+        .run();
+    Stmt(db, sql::trim_add_keys, op).bind(1, add_keys_kept).run();
+    tx.commit();
+    return ids;
 }
 
 std::optional<Sample> SampleStore::get(std::int64_t id, Fields fields) const {
@@ -687,6 +831,50 @@ std::int64_t SampleStore::delete_ids(std::span<const std::int64_t> ids) {
     }
     tx.commit();
     return deleted;
+}
+
+std::int64_t SampleStore::erase_ids(std::span<const std::int64_t> ids,
+                                    std::span<const std::pair<std::string, std::string>> meta) {
+    constexpr std::string_view op = "sample_store.erase_ids";
+    Db& db = impl_->db;
+    if (db.depth() != 0)
+        throw InvalidArgument(fmt::format("[{}] must not run inside a transaction", op));
+    for (const auto& [key, value] : meta) {
+        if (key.empty() || key.starts_with(reserved_prefix))
+            throw InvalidArgument(fmt::format("[{}] meta key '{}' is empty or reserved", op, key));
+        check_size(key.size() + value.size(), impl_->options, op, "meta entry");
+    }
+    auto erase = [&] {
+        TxGuard tx(db, op);
+        const std::int64_t deleted = delete_ids(ids);
+        for (const auto& [key, value] : meta) put_meta(db, key, value, op);
+        tx.commit();
+        return deleted;
+    };
+    std::int64_t deleted = 0;
+    try {
+        deleted = erase();
+    } catch (const DiskFull&) {
+        // NOTE: the deletion itself needs room (its pages go to the -wal before any is freed).
+        if (!remove_reserve_file(impl_->path)) throw;
+        deleted = erase();
+    }
+    // The deleted rows' old versions are still in -wal frames, and under synchronous=NORMAL the
+    // commit is not yet synced: copy, sync, truncate.
+    // NOTE: a released reserve is recreated at the next open, not here: the room it freed is
+    // what the retrain that usually follows an erasure needs to commit. The checkpoint, too,
+    // may need room: the file grows by the pages the -wal added.
+    try {
+        db.checkpoint_truncate(op);
+    } catch (const DiskFull&) {
+        if (!remove_reserve_file(impl_->path)) throw;
+        db.checkpoint_truncate(op);
+    }
+    return deleted;
+}
+
+bool SampleStore::release_reserve() {
+    return remove_reserve_file(impl_->path);
 }
 
 std::int64_t SampleStore::delete_older_than(std::int64_t cutoff_ms) {
@@ -816,6 +1004,13 @@ std::int64_t SampleStore::drop_features(std::string_view digest) {
     constexpr std::string_view op = "sample_store.drop_features";
     check_digest(digest, op);
     Stmt(impl_->db, sql::delete_features_of_digest, op).bind(1, digest).run();
+    return impl_->db.changes();
+}
+
+std::int64_t SampleStore::keep_only_features(std::string_view digest) {
+    constexpr std::string_view op = "sample_store.keep_only_features";
+    check_digest(digest, op);
+    Stmt(impl_->db, sql::delete_features_except_digest, op).bind(1, digest).run();
     return impl_->db.changes();
 }
 

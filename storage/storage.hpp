@@ -148,6 +148,12 @@ struct StoreOptions {
     // EDGETUNE_STORE_THREADS=0 in the environment keeps every store from starting that thread
     // (the writer copies all at checkpoint_bytes), for emulators with unreliable threads.
     bool background_checkpoints = true;
+    // A writable store keeps a file `<path>-reserve` of this many bytes next to the database.
+    // erase_ids() gives it up when the disk is full, so that an erasure (which needs room in
+    // the -wal before anything is freed) still commits, and its checkpoint (which grows the
+    // file by the pages the -wal added since the last one) completes; the next open that has
+    // room recreates it. 0: no reserve.
+    std::int64_t reserve_bytes = 256 << 10;
 };
 
 // One stored sample. `id` and (if 0) `created_at` are assigned by add().
@@ -258,6 +264,22 @@ public:
     // stored). So a caller knows what is stored without reading it back.
     std::vector<std::int64_t> add_batch(std::span<const Sample> samples,
                                         std::vector<std::int64_t>& evicted);
+    // The same with an idempotency key (1 to 256 bytes), recorded in the same transaction: if
+    // the key was recorded already (one of the newest add_keys_kept), nothing is added and the
+    // ids of that first call are returned, so a retry after an error whose outcome is unknown
+    // (see below) never stores a batch twice. Throws InvalidArgument if the key came with other
+    // samples. Errors: InvalidArgument and CorruptData mean nothing was stored; a StorageError
+    // whose message says "outcome unknown" failed while committing (an I/O error or a failed
+    // fsync: the commit may have reached the disk), retry with the same key; any other
+    // StorageError failed before the commit, and nothing was stored.
+    std::vector<std::int64_t> add_batch(std::span<const Sample> samples,
+                                        std::string_view idempotency_key);
+    // Both: an idempotency key, and `evicted` as above (for a retry of a recorded key: those of
+    // its ids that are no longer stored).
+    std::vector<std::int64_t> add_batch(std::span<const Sample> samples,
+                                        std::string_view idempotency_key,
+                                        std::vector<std::int64_t>& evicted);
+    static constexpr std::int64_t add_keys_kept = 10000;
     std::optional<Sample> get(std::int64_t id, Fields fields = Fields::all) const;
     // One Sample per id, in order. Throws InvalidArgument naming missing ids.
     std::vector<Sample> get_many(std::span<const std::int64_t> ids,
@@ -279,6 +301,21 @@ public:
 
     // Deletes (with their cached features); returns how many existed.
     std::int64_t delete_ids(std::span<const std::int64_t> ids);
+    // Erasure, a promise to the user: deletes the samples with their features and `meta`
+    // writes in one transaction, then checkpoints the -wal into the database file, syncs it and
+    // truncates the -wal (and syncs that), whatever the durability mode. Afterwards no byte of
+    // an erased sample's input or features is left in the database, -wal or -shm
+    // (secure_delete zeroes the freed pages), and a power cut cannot bring it back. On a full
+    // disk the reserve file (StoreOptions::reserve_bytes) is given up and the erasure retried.
+    // Not inside a Transaction. Returns how many of the ids existed. Throws StorageError if the
+    // deletion failed (nothing erased) or, after it committed, if the checkpoint could not
+    // complete (another connection kept reading): the samples are gone from every query, but
+    // their bytes may remain in the -wal until the next erase_ids().
+    std::int64_t erase_ids(std::span<const std::int64_t> ids,
+                           std::span<const std::pair<std::string, std::string>> meta = {});
+    // Gives up the reserve file to make room on a full disk (what erase_ids does by itself);
+    // true if there was one. The next open with room recreates it.
+    bool release_reserve();
     // Deletes samples with created_at < cutoff (unix ms); returns how many.
     std::int64_t delete_older_than(std::int64_t cutoff_ms);
 
@@ -294,6 +331,8 @@ public:
                                                    std::size_t limit) const;
     // Drops every feature row of `digest`; returns how many.
     std::int64_t drop_features(std::string_view digest);
+    // Drops every feature row of any other digest; returns how many.
+    std::int64_t keep_only_features(std::string_view digest);
 
     // --- checkpoints, meta, runs ---
     // Stores info.kind/step/backbone_digest/metrics with the payload; returns the new id.

@@ -554,8 +554,10 @@ TEST_CASE("Backbone::external: the app's own features, keyed by its identity") {
         CHECK(p->predict(samples[0])[0].label == samples[0].label);
         CHECK(!p->last_upgrade());
     }
-    auto p = Personalizer::open(
-        db.path, {.backbone = Backbone::external(6, "face-net v4"), .head = HeadSpec::linear(2)});
+    // A new identity is a backbone upgrade, which is asked for explicitly.
+    auto p = Personalizer::open(db.path, {.backbone = Backbone::external(6, "face-net v4"),
+                                          .head = HeadSpec::linear(2),
+                                          .upgrade_backbone = true});
     REQUIRE(p->last_upgrade());
     CHECK(p->last_upgrade()->retrained_from_base);
     CHECK(p->sample_count() == 40);
@@ -621,7 +623,8 @@ TEST_CASE("Backbone::external with the app's engine: raw inputs kept, upgrades r
         CHECK(p->store().get_features(v1->digest(), ids) == f1);
     }
     const auto v2 = Backbone::external(2, "engine v2", InputSpec::float_vector(4), engine(true));
-    auto p = Personalizer::open(db.path, {.backbone = v2, .head = HeadSpec::linear(2)});
+    auto p = Personalizer::open(
+        db.path, {.backbone = v2, .head = HeadSpec::linear(2), .upgrade_backbone = true});
     REQUIRE(p->last_upgrade());
     std::vector<std::int64_t> ids;
     for (std::int64_t i = 1; i <= 30; ++i) ids.push_back(i);

@@ -843,8 +843,9 @@ TEST_CASE("add validates (width, NaN, label range), stores nothing on error, cac
     // Every stored sample has cached features for this backbone.
     p->add(std::span<const Sample>(fx.train).subspan(10));
     CHECK(p->sample_count() == 120);
-    CHECK(p->store().ids_missing_features(fx.bb->digest(), 1000).empty());
-    const Matrix cached = p->store().get_features(fx.bb->digest(), std::vector<std::int64_t>{id});
+    CHECK(p->store().ids_missing_features(fx.bb->feature_key(), 1000).empty());
+    const Matrix cached =
+        p->store().get_features(fx.bb->feature_key(), std::vector<std::int64_t>{id});
     CHECK(cached == fx.bb->features(std::span<const Sample>(&fx.train[0], 1)));
 }
 
@@ -1359,7 +1360,7 @@ TEST_CASE("kill -9 during train: reopen gives the last committed head and traini
     CHECK(std::count_if(runs.begin(), runs.end(),
                         [](const RunRecord& r) { return contains(r.report, "committed"); }) >= 3);
     CHECK(p->sample_count() >= 123);
-    CHECK(p->store().ids_missing_features(fx.bb->digest(), 10).empty());
+    CHECK(p->store().ids_missing_features(fx.bb->feature_key(), 10).empty());
     const auto r = p->train({.epochs = 2});
     CHECK((r.outcome == TrainReport::Outcome::committed ||
            r.outcome == TrainReport::Outcome::rolled_back));
@@ -1506,14 +1507,22 @@ TEST_CASE("backbone upgrade: features recomputed, head retrained from a fresh ba
         p->add(fx.train);
         REQUIRE_COMMITTED(p->train(quick));
     }
-    auto p = Personalizer::open(db.path, options(new_bb, HeadSpec::linear(4)));
+    // Without the option: refused, naming both digests, and nothing written.
+    const auto before = read_bytes(db.path);
+    CHECK(contains(thrown<InvalidArgument>(
+                       [&] { Personalizer::open(db.path, options(new_bb, HeadSpec::linear(4))); }),
+                   "holds the features and head of backbone " + old_bb->digest()));
+    CHECK(read_bytes(db.path) == before);
+    PersonalizerOptions upgrading = options(new_bb, HeadSpec::linear(4));
+    upgrading.upgrade_backbone = true;
+    auto p = Personalizer::open(db.path, upgrading);
     const auto upgrade = p->last_upgrade();
     REQUIRE(upgrade);
     CHECK(upgrade->retrained_from_base);
     CHECK(upgrade->outcome == TrainReport::Outcome::committed);
     CHECK(upgrade->train_samples + upgrade->validation_samples == 120);
-    CHECK(p->store().ids_missing_features(new_bb->digest(), 1000).empty());
-    CHECK(p->store().ids_missing_features(old_bb->digest(), 1000).size() == 120);  // dropped
+    CHECK(p->store().ids_missing_features(new_bb->feature_key(), 1000).empty());
+    CHECK(p->store().ids_missing_features(old_bb->feature_key(), 1000).size() == 120);  // dropped
     CHECK(p->store().get_meta("personalize.backbone_digest") == new_bb->digest());
     const auto params = p->head_parameters();
     CHECK(params[0].second.rows() == 12);
@@ -1534,7 +1543,7 @@ TEST_CASE("backbone upgrade: features recomputed, head retrained from a fresh ba
     // An upgrade of an empty store has nothing to train on.
     TempDb empty("upgrade-empty");
     Personalizer::open(empty.path, options(old_bb, HeadSpec::linear(4)));
-    auto q = Personalizer::open(empty.path, options(new_bb, HeadSpec::linear(4)));
+    auto q = Personalizer::open(empty.path, upgrading);
     REQUIRE(q->last_upgrade());
     CHECK(q->head_parameters()[0].second.rows() == 12);
 }

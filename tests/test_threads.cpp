@@ -74,7 +74,8 @@ TEST_CASE("add and predict from two threads while a background training runs") {
     p->add(blobs(25, 1));  // 100 samples
     REQUIRE(p->train(quick).outcome == TrainReport::Outcome::committed);
     const auto test = blobs(5, 2);
-    const std::string digest = p->store().list_checkpoints().back().backbone_digest;
+    // Cached features are keyed by digest + kernel variant (Backbone::feature_key).
+    const std::string digest = p->store().get_meta("personalize.feature_key").value_or("");
 
     std::atomic<int> errors{0};
     std::atomic<int> predictions{0};

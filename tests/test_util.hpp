@@ -23,7 +23,8 @@ inline std::string temp_path(const std::string& name) {
         .string();
 }
 
-// A unique database path; removes the file and its WAL companions before and after use.
+// A unique database path; removes the file and its companions (-wal, -shm, -reserve) before and
+// after use.
 struct TempDb {
     std::string path;
     explicit TempDb(const std::string& name) : path(temp_path(name) + ".db") { remove_all(); }
@@ -31,7 +32,8 @@ struct TempDb {
     TempDb(const TempDb&) = delete;
     TempDb& operator=(const TempDb&) = delete;
     void remove_all() const {
-        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+        for (const char* suffix : {"", "-wal", "-shm", "-reserve"})
+            std::filesystem::remove(path + suffix);
     }
 };
 

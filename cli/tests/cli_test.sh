@@ -3,7 +3,7 @@
 # temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
 # bad input gives exactly one line on stderr.
 # Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
-#        forget_export)
+#        forget_export no_surprise)
 set -u
 # meson passes the executables relative to the build directory: make them absolute first.
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
@@ -165,6 +165,33 @@ forget_export)
     expect_out "wrote head.ckpt"
     expect_out "[16 x 3]"
     [ -s head.ckpt ] || fail "export wrote no file"
+    ;;
+no_surprise)
+    # Nothing is destroyed by surprise: another backbone is refused without a write, read-only
+    # commands never write, a backbone change needs --upgrade-backbone; bounded --ids.
+    run 0 "$E" add $DB --csv train.csv
+    run 0 "$E" train $DB --epochs 20 --quiet
+    before=$(cksum <user.db)
+    OTHER="--db user.db --backbone backbone2.etb --classes 3"
+    for c in info train; do
+        run 1 "$E" $c $OTHER
+        expect_error_prefix "edgetune: $c: [Personalizer.open] 'user.db' holds the features and head of backbone"
+    done
+    run 0 "$E" info $DB
+    run 0 "$E" predict $DB --csv rows.csv
+    run 0 "$E" export $DB --out head.ckpt
+    [ "$(cksum <user.db)" = "$before" ] || fail "a refused open or a read-only command changed user.db"
+    run 0 "$E" train $OTHER --quiet --upgrade-backbone --epochs 20
+    expect_error_prefix "edgetune: note: 'user.db' was trained with another backbone"
+    run 0 "$E" info $OTHER
+    run 2 "$E" forget $DB --ids 1-9223372036854775807
+    expect_error "edgetune: forget: id range '1-9223372036854775807' makes more than 10000000 ids (see edgetune forget --help)"
+    run 2 "$E" forget $DB --ids 1-6000000,1-6000000
+    expect_error "edgetune: forget: id range '1-6000000' makes more than 10000000 ids (see edgetune forget --help)"
+    run 2 "$E" forget $DB --ids +-1
+    expect_error "edgetune: forget: bad sample id '+-1' (expected N or N-M, ids > 0) (see edgetune forget --help)"
+    run 1 "$E" add $DB --csv plus_minus.csv
+    expect_error_prefix "edgetune: add: line 2"
     ;;
 *)
     echo "cli_test.sh: unknown scenario '$scenario'" >&2

@@ -1,10 +1,10 @@
 // make_fixture.cpp — writes the small, deterministic inputs the `edgetune` CLI tests run on.
 //
 // Into DIR: backbone.etb (a random tanh MLP 4 -> 16, enough for three well-separated
-// clusters), corrupt.etb (random bytes), CSV files of 4-D samples from 3 Gaussian clusters
-// (train, more, test; rows.csv without labels; bad_*.csv with one malformed line each) and
-// IDX files of 2x2 images of the same 3 classes (images.idx.gz, labels.idx, labels_short.idx).
-// Usage: cli_fixture DIR
+// clusters), backbone2.etb (another one), corrupt.etb (random bytes), CSV files of 4-D samples from
+// 3 Gaussian clusters (train, more, test; rows.csv without labels; bad_*.csv with one malformed
+// line each) and IDX files of 2x2 images of the same 3 classes (images.idx.gz, labels.idx,
+// labels_short.idx). Usage: cli_fixture DIR
 #include <zlib.h>
 
 #include <cstdio>
@@ -73,6 +73,9 @@ int main(int argc, char** argv) {
                           .activation = Activation::tanh};
     BackboneNet net(config, rng);
     Backbone::freeze(net)->save(dir + "/backbone.etb");
+    Rng other_rng(6);  // its own generator: the files below stay as they were
+    BackboneNet other(config, other_rng);
+    Backbone::freeze(other)->save(dir + "/backbone2.etb");
     std::vector<unsigned char> junk(200);
     for (auto& b : junk) b = static_cast<unsigned char>(rng.below(256));
     write_bytes(dir + "/corrupt.etb", junk);
@@ -84,6 +87,7 @@ int main(int argc, char** argv) {
     write_text(dir + "/bad_width.csv", "0,2,0,0,0\n1,0,2,0,0\n1,0.5,0.25\n");
     write_text(dir + "/bad_label.csv", "0,2,0,0,0\n7,0,2,0,0\n");
     write_text(dir + "/bad_number.csv", "0,abc,0,0,0\n");
+    write_text(dir + "/plus_minus.csv", "0,2,0,0,0\n1,+-1,2,0,0\n");
     write_text(dir + "/nan.csv", "0,2,0,0,0\n\n2,0,0,nan,0\n");
 
     // IDX: 60 images of 2x2 u8 pixels; class c lights pixel c.

@@ -33,8 +33,13 @@ public:
     Db(const Db&) = delete;
     Db& operator=(const Db&) = delete;
 
-    // Throws StorageError "[what] <sqlite3_errmsg> (<code name>)" unless rc is OK/ROW/DONE.
+    // Throws StorageError "[what] <sqlite3_errmsg> (<code name>)" unless rc is OK/ROW/DONE;
+    // DiskFull for SQLITE_FULL.
     void check(int rc, std::string_view what) const;
+    // Copies the whole -wal into the database file, syncs it and truncates the -wal to zero
+    // bytes, then syncs the -wal too (SQLite does not sync the truncation). Depth 0 only.
+    // Throws StorageError if a reader or writer kept the checkpoint from completing.
+    void checkpoint_truncate(std::string_view what);
     // The cached prepared statement for `sql` (a constant from detail/sql.hpp).
     sqlite3_stmt* prepare(const char* sql, std::string_view what);
     // Runs SQL text without caching it (schema scripts, pragmas with literal values).

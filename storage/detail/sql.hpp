@@ -80,6 +80,23 @@ CREATE TABLE runs(
 );
 )";
 
+// v2: idempotency keys of add_batch (the newest ones; see SampleStore::add_batch). `ids` is
+// the int64 ids returned, little-endian; `batch_hash` identifies the samples the key came with.
+inline constexpr char schema_v2[] = R"(
+CREATE TABLE add_keys(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    batch_hash TEXT NOT NULL,
+    ids BLOB NOT NULL
+);
+)";
+inline constexpr char select_add_key[] = "SELECT batch_hash, ids FROM add_keys WHERE key = ?1";
+inline constexpr char insert_add_key[] =
+    "INSERT INTO add_keys(key, batch_hash, ids) VALUES (?1, ?2, ?3)";
+// Keeps the ?1 newest keys.
+inline constexpr char trim_add_keys[] =
+    "DELETE FROM add_keys WHERE seq <= (SELECT max(seq) FROM add_keys) - ?1";
+
 // --- samples -------------------------------------------------------------------------------
 // Column order of every sample read: id, created_at, label, target, weight[, input].
 inline constexpr char insert_sample[] =
@@ -133,6 +150,8 @@ inline constexpr char select_ids_missing_features[] =
     "ORDER BY s.id LIMIT ?2";
 inline constexpr char delete_features_of_digest[] =
     "DELETE FROM features WHERE backbone_digest = ?1";
+inline constexpr char delete_features_except_digest[] =
+    "DELETE FROM features WHERE backbone_digest <> ?1";
 
 // --- checkpoints ---------------------------------------------------------------------------
 // Column order of every checkpoint read: id, created_at, kind, step, backbone_digest, metrics,
