@@ -324,7 +324,6 @@ Matrix run_external(const Backbone::FeatureFunction& compute, std::span<const Sa
 }
 }  // namespace
 
-
 std::string Backbone::feature_key() const {
     // External features come from the app's engine, not from this process's kernels.
     if (!net_ && !graph_) return digest_;
