@@ -767,23 +767,22 @@ int cmd_forget(const Args& args) {
     if (ids.empty()) throw UsageError("no sample ids given (--ids 3,7,10-12 or ids as arguments)");
     const TrainOptions options = parse_train_options(args);
     Opened o = open_db(args, Access::write);
-    // All or nothing: an id that is not stored is an error, and nothing is deleted.
-    std::vector<std::int64_t> missing;
-    for (std::int64_t id : ids)
-        if (!o.personalizer->store().get(id, Fields::no_input)) missing.push_back(id);
+    // forget() deletes what is stored and reports the ids it did not find: an error here,
+    // after the others are forgotten (a typo must not pass silently).
+    const TrainReport r =
+        train_with_progress(*o.personalizer, options, args.flag("quiet"), true, ids);
+    const std::vector<std::int64_t>& missing = r.not_found;
+    std::printf("forgot %zu samples; %s holds %lld\n", ids.size() - missing.size(), o.db.c_str(),
+                static_cast<long long>(o.personalizer->sample_count()));
+    print_report(r, args.flag("json"));
     if (!missing.empty()) {
         std::string list;
         for (std::size_t i = 0; i < missing.size() && i < 10; ++i)
             list += (i ? ", " : "") + std::to_string(missing[i]);
         if (missing.size() > 10) list += ", ...";
-        throw Failure(std::to_string(missing.size()) + " of the ids are not stored: " + list +
-                      " (nothing deleted)");
+        throw Failure(std::to_string(missing.size()) + " of the " + std::to_string(ids.size()) +
+                      " ids are not stored: " + list);
     }
-    const TrainReport r =
-        train_with_progress(*o.personalizer, options, args.flag("quiet"), true, ids);
-    std::printf("forgot %zu samples; %s holds %lld\n", ids.size(), o.db.c_str(),
-                static_cast<long long>(o.personalizer->sample_count()));
-    print_report(r, args.flag("json"));
     return report_status(r);
 }
 

@@ -154,13 +154,16 @@ forget_export)
     expect_out "forgot 6 samples; user.db holds 114"
     expect_out "retrained from the base head"
     run 1 "$E" forget $DB 7 200
-    expect_error "edgetune: forget: 2 of the ids are not stored: 7, 200 (nothing deleted)"
+    expect_error "edgetune: forget: 2 of the 2 ids are not stored: 7, 200"
+    run 1 "$E" forget $DB 8 300 --epochs 10 --quiet
+    expect_out "forgot 1 samples; user.db holds 113"
+    expect_error "edgetune: forget: 1 of the 2 ids are not stored: 300"
     run 2 "$E" forget $DB
     expect_error "edgetune: forget: no sample ids given (--ids 3,7,10-12 or ids as arguments) (see edgetune forget --help)"
     run 2 "$E" forget $DB --ids 9-3
     expect_error "edgetune: forget: bad sample id '9-3' (expected N or N-M, ids > 0) (see edgetune forget --help)"
     run 0 "$E" info $DB
-    expect_out "samples      114"
+    expect_out "samples      113"
     run 0 "$E" export $DB --out head.ckpt
     expect_out "wrote head.ckpt"
     expect_out "[16 x 3]"
