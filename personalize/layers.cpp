@@ -202,13 +202,8 @@ void frozen_dense(Index rows, Index depth, Index width, const float* x, const fl
                   const float* b, float* out) {
     const FrozenDenseArgs args{
         .rows = rows, .depth = depth, .width = width, .x = x, .w = w, .b = b, .out = out};
-#ifdef EDGETUNE_HAVE_AVX2_KERNELS
-    if (cpu_runs_avx2_kernels()) {
-        frozen_dense_avx2(args);
-        return;
-    }
-#endif
-    frozen_dense_generic(args);
+    static const auto choice = EDGETUNE_PICK_KERNEL(frozen_dense);  // common/cpu.hpp
+    choice.fn(args);
 }
 
 namespace {
