@@ -919,11 +919,23 @@ const Command* find_command(const std::string& name) {
 #endif
 // `edgetune import model.onnx backbone.etb [...]`: the ONNX converter runs on the developer's
 // machine in Python (python3-onnx), so this replaces the process with tools/onnx_import.py
-// ($EDGETUNE_IMPORT_SCRIPT, else the source tree's copy; its #! line picks /usr/bin/python3,
+// ($EDGETUNE_IMPORT_SCRIPT, else an installed edgetune-import beside this program, else the
+// source tree's copy; its #! line picks /usr/bin/python3,
 // Debian's, which has python3-onnx) and passes the arguments through.
+// Installed (meson install), the script is `edgetune-import` next to this program.
+std::string import_script() {
+    if (const char* env = std::getenv("EDGETUNE_IMPORT_SCRIPT"); env && *env) return env;
+    std::error_code ec;
+    const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        const std::filesystem::path installed = self.parent_path() / "edgetune-import";
+        if (std::filesystem::exists(installed, ec)) return installed.string();
+    }
+    return EDGETUNE_IMPORT_SCRIPT;
+}
+
 int run_import(int argc, char** argv) {
-    const char* env = std::getenv("EDGETUNE_IMPORT_SCRIPT");
-    const std::string script = env && *env ? env : EDGETUNE_IMPORT_SCRIPT;
+    const std::string script = import_script();
     std::vector<char*> args{const_cast<char*>(script.c_str())};
     for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
     args.push_back(nullptr);
