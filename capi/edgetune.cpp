@@ -601,6 +601,11 @@ et_status et_open(const char* path, const et_backbone* backbone, const et_open_o
             o.durability == ET_DURABILITY_FULL ? et::Durability::full : et::Durability::normal;
         po.seed = o.seed;
         po.validation_fraction = o.validation_fraction;
+        require(o.upgrade_backbone == 0 || o.upgrade_backbone == 1, op,
+                "upgrade_backbone " + std::to_string(o.upgrade_backbone) + " is not 0 or 1");
+        po.upgrade_backbone = o.upgrade_backbone == 1;
+        if (o.initial_head_path != nullptr)
+            po.initial_head = et::HeadWeights::load(o.initial_head_path);
         h->engine = et::Personalizer::open(path, po);
         h->classes = static_cast<std::int64_t>(h->engine->count_per_label().size());
         register_handle(h.get(), Kind::personalizer);

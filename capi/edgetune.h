@@ -131,6 +131,14 @@ typedef struct et_open_options {
     int32_t durability;        /* et_durability; default ET_DURABILITY_NORMAL */
     uint64_t seed;             /* head init and the validation split; default 0 */
     float validation_fraction; /* of each class; default 0.2 */
+    /* 1: a database recorded with another backbone recomputes its features from the stored raw
+     * inputs and retrains from a fresh base (the old head stays until that commits); 0 (the
+     * default): such a database is refused with ET_ERR_INVALID_ARGUMENT, nothing changed. */
+    int32_t upgrade_backbone;
+    /* A head file to start from instead of a seeded random head (what `edgetune import --head`
+     * or `edgetune export` writes; layout in personalize.hpp's HeadWeights), recorded as the
+     * base when the database is created. NULL (the default): seeded random. */
+    const char* initial_head_path;
     /* appended fields go here */
 } et_open_options;
 
@@ -141,9 +149,9 @@ ET_API et_status et_open_options_default(et_open_options* options, size_t size);
 typedef struct et_personalizer et_personalizer;
 
 /* Opens or creates the database at `path` (created 0600). First open records the backbone and
- * head; later opens resume from the last committed head (a different backbone retrains from the
- * stored raw inputs). options is required (at least .classes); reopening with another head
- * than the file was created with is ET_ERR_INVALID_ARGUMENT. Any thread. */
+ * head; later opens resume from the last committed head (a different backbone only with
+ * options->upgrade_backbone). options is required (at least .classes); reopening with another
+ * head than the file was created with is ET_ERR_INVALID_ARGUMENT. Any thread. */
 ET_API et_status et_open(const char* path, const et_backbone* backbone,
                          const et_open_options* options, et_personalizer** personalizer,
                          et_error** error);

@@ -29,7 +29,8 @@ class OpenOptions(C.Structure):
     _fields_ = [("struct_size", C.c_size_t), ("head", C.c_int32), ("classes", C.c_int64),
                 ("hidden", C.POINTER(C.c_int64)), ("hidden_count", C.c_size_t),
                 ("temperature", C.c_float), ("durability", C.c_int32), ("seed", C.c_uint64),
-                ("validation_fraction", C.c_float)]
+                ("validation_fraction", C.c_float), ("upgrade_backbone", C.c_int32),
+                ("initial_head_path", C.c_char_p)]
 
 
 class Progress(C.Structure):

@@ -280,6 +280,26 @@ static void test_open_errors(void) {
     et_close(p);
     et_close(p); /* closed: a no-op */
     et_close(NULL);
+    /* Another backbone: refused unless upgrade_backbone says so. */
+    et_backbone* v2 = load_backbone("floats_v2.etb");
+    o.upgrade_backbone = 2;
+    FAILS(ET_ERR_INVALID_ARGUMENT, "upgrade_backbone 2 is not 0 or 1",
+          et_open(db, v2, &o, &p, &err));
+    o.upgrade_backbone = 0;
+    FAILS(ET_ERR_INVALID_ARGUMENT, "set upgrade_backbone", et_open(db, v2, &o, &p, &err));
+    o.upgrade_backbone = 1;
+    OK(et_open(db, v2, &o, &p, &err_));
+    et_close(p);
+    o.upgrade_backbone = 0;
+    OK(et_open(db, v2, &o, &p, &err_)); /* upgraded: v2 is now the database's backbone */
+    et_close(p);
+    et_backbone_free(v2);
+    /* initial_head_path: a file that is not a head, one that does not exist. */
+    o.initial_head_path = path_in(1, backbone_dir, "floats.etb");
+    FAILS(ET_ERR_CORRUPT_DATA, "not a head", et_open(fresh_db("initial-head.db"), bb, &o, &p, &err));
+    o.initial_head_path = "/no-such-dir/head.etk";
+    FAILS(ET_ERR_STORAGE, "/no-such-dir/head.etk", et_open(fresh_db("initial-head.db"), bb, &o, &p, &err));
+    o.initial_head_path = NULL;
     et_backbone_free(bb);
 }
 
