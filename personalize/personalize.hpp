@@ -229,6 +229,10 @@ struct PersonalizerOptions {
     // raw inputs and the head retrained from a fresh base. The previous backbone's trained
     // checkpoint and features stay in the store until that retrain commits.
     bool upgrade_backbone = false;
+    // The retrain of such an upgrade, run by open(). It must pass the validation guard against
+    // the previous backbone's head (on the same validation samples), or the upgrade is undone
+    // and open() throws InvalidArgument: train it as well as the head it replaces.
+    TrainOptions upgrade_training{};
     // Opens the store read-only: nothing is ever written (no feature filling, no owed retrain,
     // no upgrade; add/train/forget throw StorageError). The store must exist.
     bool read_only = false;

@@ -33,6 +33,8 @@ const char* const meta_retrain_pending = "personalize.retrain_pending";
 // The previous backbone's digest while an upgrade's retrain is owed: its features are dropped
 // by the retrain's commit, not before.
 const char* const meta_upgrade_from = "personalize.upgrade_from";
+// ... and the key its features are stored under.
+const char* const meta_upgrade_from_features = "personalize.upgrade_from_features";
 // The key the cached features are stored under (Backbone::feature_key): a store opened where
 // another kernel variant runs drops them and computes its own.
 const char* const meta_feature_key = "personalize.feature_key";
@@ -400,6 +402,56 @@ struct Personalizer::Impl {
         return m;
     }
 
+    // --- backbone upgrades ---
+    // The previous backbone's committed head on the validation rows, through the features it
+    // was trained on (still stored until the upgrade commits); nullopt if either is missing.
+    std::optional<Metrics> previous_head_metrics(const SampleStore& st, const Dataset& d,
+                                                 const std::vector<std::size_t>& rows) const {
+        const std::string from = st.get_meta(meta_upgrade_from).value_or("");
+        const std::string key = st.get_meta(meta_upgrade_from_features).value_or("");
+        const auto trained = st.latest_checkpoint(CheckpointKind::trained);
+        if (from.empty() || key.empty() || rows.empty() || !trained ||
+            trained->info.backbone_digest != from)
+            return std::nullopt;
+        std::vector<std::int64_t> ids;
+        for (std::size_t r : rows) ids.push_back(d.ids[r]);
+        Dataset old;
+        try {
+            old.features = st.get_features(key, ids);
+        } catch (const InvalidArgument&) {
+            return std::nullopt;  // not every sample has old features: nothing to compare
+        }
+        const Checkpoint c = decode_checkpoint(trained->payload);
+        Rng unused(0);
+        Head head(spec(), old.features.cols(), unused);
+        head.load(c.tensors);
+        std::vector<std::size_t> all(rows.size());
+        std::iota(all.begin(), all.end(), std::size_t{0});
+        for (std::size_t r : rows) old.labels.push_back(spec().classifies() ? d.labels[r] : 0);
+        if (!spec().classifies()) {
+            old.targets.resize(static_cast<Index>(rows.size()), d.targets.cols());
+            for (std::size_t i = 0; i < rows.size(); ++i)
+                old.targets.row(static_cast<Index>(i)) = d.targets.row(static_cast<Index>(rows[i]));
+        }
+        return evaluate_rows(head, old, all);
+    }
+
+    // Undoes an upgrade whose retrain failed the guard: the previous backbone's digest, head
+    // and features are the committed ones again; the new backbone's rows are dropped.
+    void revert_upgrade(SampleStore& st) {
+        const std::string from = st.get_meta(meta_upgrade_from).value_or("");
+        const std::string key = st.get_meta(meta_upgrade_from_features).value_or("");
+        Transaction tx = st.transaction();
+        st.drop_checkpoints(digest);
+        st.keep_only_features(key);
+        st.set_meta(meta_digest, from);
+        st.set_meta(meta_feature_key, key);
+        st.set_meta(meta_retrain_pending, "");
+        st.set_meta(meta_upgrade_from, "");
+        st.set_meta(meta_upgrade_from_features, "");
+        tx.commit();
+    }
+
     // --- training ---
     enum class Mode { incremental, from_base };
 
@@ -508,6 +560,7 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
                 if (const auto from = st.get_meta(meta_upgrade_from); from && !from->empty()) {
                     st.keep_only_features(feature_key);
                     st.set_meta(meta_upgrade_from, "");
+                    st.set_meta(meta_upgrade_from_features, "");
                 }
             }
             st.append_run(metrics);
@@ -724,7 +777,15 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         report.after.reset();
         return commit(base, {}, 0, 0, TrainReport::Outcome::committed);
     }
-    if (mode == Mode::incremental && report.before && report.after) {
+    // A backbone upgrade's retrain must do as well as the previous backbone's head on the same
+    // validation samples; until it does, that head stays the committed one.
+    bool upgrade_guard = false;
+    if (mode == Mode::from_base && report.after)
+        if (auto previous = previous_head_metrics(st, data, val_rows)) {
+            report.before = previous;
+            upgrade_guard = true;
+        }
+    if ((mode == Mode::incremental || upgrade_guard) && report.before && report.after) {
         // Classification: worse = class-balanced accuracy dropped by more than the tolerance
         // AND the loss did not improve. Balanced, so that an enrollment trading a little of
         // many old samples for a new class with a handful of shots counts as the gain it is;
@@ -740,6 +801,10 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
             report.outcome = TrainReport::Outcome::rolled_back;
             report.reason = "validation got worse: " + metrics_json(*report.before) + " -> " +
                             metrics_json(*report.after);
+            if (upgrade_guard) {
+                report.reason += "; the backbone upgrade is undone";
+                revert_upgrade(st);
+            }
             return log_run(report);
         }
     }
@@ -806,6 +871,8 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         m.fill_missing_features(m.store);
         Transaction tx = m.store.transaction();
         m.store.set_meta(meta_upgrade_from, *stored_digest);
+        m.store.set_meta(meta_upgrade_from_features,
+                         m.store.get_meta(meta_feature_key).value_or(*stored_digest));
         m.save_base(m.store);
         m.store.set_meta(meta_digest, m.digest);
         m.store.set_meta(meta_trained_upto, "0");
@@ -823,7 +890,13 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
     }
     m.fill_missing_features(m.store);
     if (const auto pending = m.store.get_meta(meta_retrain_pending); pending && !pending->empty()) {
-        TrainReport report = m.run({}, Impl::Mode::from_base);
+        TrainReport report =
+            m.run(*pending == "upgrade" ? options.upgrade_training : TrainOptions{},
+                  Impl::Mode::from_base);
+        if (*pending == "upgrade" && report.outcome == TrainReport::Outcome::rolled_back)
+            throw InvalidArgument(std::string("[") + op + "] the upgrade of '" + db_path +
+                                  "' to backbone " + m.digest + " was rolled back: " +
+                                  report.reason + "; the store keeps its previous backbone");
         if (*pending == "upgrade") m.upgrade_report = std::move(report);
     }
     m.publish(m.load_current(m.store).head);

@@ -1463,6 +1463,7 @@ TEST_CASE("backbone upgrade: features recomputed, head retrained from a fresh ba
     CHECK(read_bytes(db.path) == before);
     PersonalizerOptions upgrading = options(new_bb, HeadSpec::linear(4));
     upgrading.upgrade_backbone = true;
+    upgrading.upgrade_training = quick;
     auto p = Personalizer::open(db.path, upgrading);
     const auto upgrade = p->last_upgrade();
     REQUIRE(upgrade);

@@ -444,6 +444,7 @@ std::vector<Scenario> personalizer_scenarios() {
                    [](const std::string& db, Durability d) {
                        PersonalizerOptions o = popts(d, shared_backbone(1));
                        o.upgrade_backbone = true;
+                       o.upgrade_training = quick;
                        Personalizer::open(db, o);
                    },
                    [](const std::string& db, Durability d, bool acked) -> std::string {
@@ -933,4 +934,45 @@ TEST_CASE("allocation faults: open, add, train and forget with SQLite's n-th all
             "%d threw\n",
             name, static_cast<long long>(stride), runs, failed);
     }
+}
+
+TEST_CASE("an upgrade whose retrained head fails the validation guard keeps the previous head") {
+    TempDb db("upgrade-guard");
+    auto bb = shared_backbone(0);
+    std::vector<std::pair<std::string, Matrix>> head;
+    {
+        auto p = Personalizer::open(db.path, popts(Durability::normal, bb));
+        p->add(samples(0, 60));
+        REQUIRE(
+            p->train({.epochs = 20, .optimizer = AdamOptions{.lr = 0.05f}, .seed = 1}).outcome ==
+            TrainReport::Outcome::committed);
+        head = p->head_parameters();
+    }
+    // A backbone whose features say nothing: every weight zero.
+    Rng rng(4);
+    BackboneNet net({.input = InputSpec::float_vector(8), .hidden = {12}}, rng);
+    for (auto& [name, v] : net.named_parameters()) v.value_mut().setZero();
+    PersonalizerOptions o = popts(Durability::normal, Backbone::freeze(net));
+    o.upgrade_backbone = true;
+    const std::string error = thrown<InvalidArgument>([&] { Personalizer::open(db.path, o); });
+    CHECK(contains(error, "was rolled back: validation got worse"));
+    CHECK(contains(error, "the store keeps its previous backbone"));
+    // The previous backbone, head and features are the committed ones, as before.
+    auto p = Personalizer::open(db.path, popts(Durability::normal, bb));
+    CHECK(!p->last_upgrade());
+    const auto now = p->head_parameters();
+    REQUIRE(now.size() == head.size());
+    for (std::size_t i = 0; i < now.size(); ++i) CHECK(now[i].second == head[i].second);
+    CHECK(p->store().ids_missing_features(bb->feature_key(), 100).empty());
+    CHECK(p->store().get_meta("personalize.backbone_digest") == bb->digest());
+    CHECK(p->store().integrity_check() == "ok");
+    // A good upgrade still goes through.
+    PersonalizerOptions good = popts(Durability::normal, shared_backbone(1));
+    good.upgrade_backbone = true;
+    good.upgrade_training = {.epochs = 20, .optimizer = AdamOptions{.lr = 0.05f}, .seed = 1};
+    p.reset();
+    p = Personalizer::open(db.path, good);
+    REQUIRE(p->last_upgrade());
+    CHECK(p->store().get_meta("personalize.upgrade_from").value_or("") == "");
+    CHECK(p->store().ids_missing_features(bb->feature_key(), 100).size() == 60);  // dropped
 }
