@@ -198,6 +198,8 @@ HeadSpec head_option(const Args& args, std::int64_t classes) {
     throw UsageError("--head: expected linear or prototype, got '" + head + "'");
 }
 
+TrainOptions parse_train_options(const Args& args);
+
 // How a command opens the database: only `add` creates it; read-only commands never write
 // (no feature filling, no owed retrain, no upgrade); --upgrade-backbone (train) allows a
 // backbone change.
@@ -218,6 +220,7 @@ Opened open_db(const Args& args, Access access,
     options.backbone = o.backbone;
     options.read_only = access == Access::read_only;
     options.upgrade_backbone = access != Access::read_only && args.flag("upgrade-backbone");
+    if (options.upgrade_backbone) options.upgrade_training = parse_train_options(args);
     o.personalizer = Personalizer::open(o.db, options);
     if (const auto upgrade = o.personalizer->last_upgrade())
         std::fprintf(stderr,
@@ -847,7 +850,9 @@ const std::vector<Command>& commands() {
          "  --quiet           no progress bar on stderr\n"
          "  --upgrade-backbone  the database was trained with another backbone: recompute its\n"
          "                    features with this one and retrain the head from a fresh base\n"
-         "                    (without it, every command refuses the other backbone)\n",
+         "                    with the training options; kept only if it validates as well as\n"
+         "                    the previous head (without it, every command refuses the other\n"
+         "                    backbone)\n",
          {},
          {"json", "quiet", "upgrade-backbone"},
          true,

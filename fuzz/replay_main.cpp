@@ -1,5 +1,6 @@
 // replay_main.cpp — runs a fuzz target over files, as a plain program (the gcc build of every
-// target, like SQLite's fuzzcheck): each argument is a file or a directory of files (sorted).
+// target, like SQLite's fuzzcheck): each argument is a file or a directory of files (sorted;
+// a missing one is skipped).
 // Prints "fuzz replay: NAME N inputs" and exits 0; a bug aborts or crashes it, which the test
 // reports. The same target sources link against libFuzzer in the clang build (fuzz/run).
 #include <algorithm>
@@ -17,6 +18,7 @@ int main(int argc, char** argv) {
     std::vector<std::filesystem::path> files;
     for (int i = 1; i < argc; ++i) {
         const std::filesystem::path p = argv[i];
+        if (!std::filesystem::exists(p)) continue;  // e.g. no crash was ever found
         if (std::filesystem::is_directory(p)) {
             for (const auto& e : std::filesystem::directory_iterator(p))
                 if (e.is_regular_file()) files.push_back(e.path());

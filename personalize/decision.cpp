@@ -68,7 +68,7 @@ Decision decide(const RunFacts& f) {
                 .reason = reason + "; committed the base head instead, every sample counts as new",
                 .drop_after = true};
     }
-    if (!f.from_base && f.before && f.after &&
+    if ((!f.from_base || f.guard_from_base) && f.before && f.after &&
         worse(*f.before, *f.after, f.classifies, f.tolerance))
         return {.action = Action::log_only,
                 .outcome = Outcome::rolled_back,

@@ -279,14 +279,6 @@ struct PersonalizerOptions {
     Durability durability = Durability::normal;
     std::uint64_t seed = 0;            // head initialization and the validation split
     float validation_fraction = 0.2f;  // of each class; classes with < 5 samples keep all
-    // A store recorded with another backbone digest is refused (InvalidArgument naming both,
-    // nothing written) unless this is set: then its features are recomputed from the stored
-    // raw inputs and the head retrained from a fresh base. The previous backbone's trained
-    // checkpoint and features stay in the store until that retrain commits.
-    bool upgrade_backbone = false;
-    // Opens the store read-only: nothing is ever written (no feature filling, no owed retrain,
-    // no upgrade; add/train/forget throw StorageError). The store must exist.
-    bool read_only = false;
     // The head to start from instead of a seeded random one: recorded as the `base` checkpoint
     // when the database is created (and when a backbone upgrade makes a new base), so forget()
     // and upgrades retrain from it. Checked at open() against the head spec (names, shapes), the
@@ -294,6 +286,18 @@ struct PersonalizerOptions {
     // A prototype head counts a class whose weight column is non-zero as enrolled.
     // Ignored when the database already has a base for this backbone.
     std::optional<HeadWeights> initial_head{};
+    // A store recorded with another backbone digest is refused (InvalidArgument naming both,
+    // nothing written) unless this is set: then its features are recomputed from the stored
+    // raw inputs and the head retrained from a fresh base. The previous backbone's trained
+    // checkpoint and features stay in the store until that retrain commits.
+    bool upgrade_backbone = false;
+    // The retrain of such an upgrade, run by open(). It must pass the validation guard against
+    // the previous backbone's head (on the same validation samples), or the upgrade is undone
+    // and open() throws InvalidArgument: train it as well as the head it replaces.
+    TrainOptions upgrade_training{};
+    // Opens the store read-only: nothing is ever written (no feature filling, no owed retrain,
+    // no upgrade; add/train/forget throw StorageError). The store must exist.
+    bool read_only = false;
 };
 
 class BackgroundTraining;

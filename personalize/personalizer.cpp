@@ -39,6 +39,8 @@ const char* const meta_retrain_pending = "personalize.retrain_pending";
 // The previous backbone's digest while an upgrade's retrain is owed: its features are dropped
 // by the retrain's commit, not before.
 const char* const meta_upgrade_from = "personalize.upgrade_from";
+// ... and the key its features are stored under.
+const char* const meta_upgrade_from_features = "personalize.upgrade_from_features";
 // The key the cached features are stored under (Backbone::feature_key): a store opened where
 // another kernel variant runs drops them and computes its own.
 const char* const meta_feature_key = "personalize.feature_key";
@@ -223,6 +225,56 @@ struct Personalizer::Impl {
         return d;
     }
 
+    // --- backbone upgrades ---
+    // The previous backbone's committed head on the validation rows, through the features it
+    // was trained on (still stored until the upgrade commits); nullopt if either is missing.
+    std::optional<Metrics> previous_head_metrics(const SampleStore& st, const Dataset& d,
+                                                 const std::vector<std::size_t>& rows) const {
+        const std::string from = st.get_meta(meta_upgrade_from).value_or("");
+        const std::string key = st.get_meta(meta_upgrade_from_features).value_or("");
+        const auto trained = st.latest_checkpoint(CheckpointKind::trained);
+        if (from.empty() || key.empty() || rows.empty() || !trained ||
+            trained->info.backbone_digest != from)
+            return std::nullopt;
+        std::vector<std::int64_t> ids;
+        for (std::size_t r : rows) ids.push_back(d.ids[r]);
+        Dataset old;
+        try {
+            old.features = st.get_features(key, ids);
+        } catch (const InvalidArgument&) {
+            return std::nullopt;  // not every sample has old features: nothing to compare
+        }
+        const Checkpoint c = decode_checkpoint(trained->payload);
+        Rng unused(0);
+        Head head(spec(), old.features.cols(), unused);
+        head.load(c.tensors);
+        std::vector<std::size_t> all(rows.size());
+        std::iota(all.begin(), all.end(), std::size_t{0});
+        for (std::size_t r : rows) old.labels.push_back(spec().classifies() ? d.labels[r] : 0);
+        if (!spec().classifies()) {
+            old.targets.resize(static_cast<Index>(rows.size()), d.targets.cols());
+            for (std::size_t i = 0; i < rows.size(); ++i)
+                old.targets.row(static_cast<Index>(i)) = d.targets.row(static_cast<Index>(rows[i]));
+        }
+        return detail::evaluate_rows(head, old, all);
+    }
+
+    // Undoes an upgrade whose retrain failed the guard: the previous backbone's digest, head
+    // and features are the committed ones again; the new backbone's rows are dropped.
+    void revert_upgrade(SampleStore& st) {
+        const std::string from = st.get_meta(meta_upgrade_from).value_or("");
+        const std::string key = st.get_meta(meta_upgrade_from_features).value_or("");
+        Transaction tx = st.transaction();
+        st.drop_checkpoints(digest);
+        st.keep_only_features(key);
+        st.set_meta(meta_digest, from);
+        st.set_meta(meta_feature_key, key);
+        st.set_meta(meta_retrain_pending, "");
+        st.set_meta(meta_upgrade_from, "");
+        st.set_meta(meta_upgrade_from_features, "");
+        tx.commit();
+    }
+
     // --- training ---
     enum class Mode { incremental, from_base };
 
@@ -312,7 +364,19 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
                            .before = r.report.before};
     if (facts.healthy() && !rows.validation.empty())
         facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
-    return apply(r, detail::decide(facts), base,
+    // A backbone upgrade's retrain must do as well as the previous backbone's head on the same
+    // validation samples; until it does, that head stays the committed one.
+    if (from_base && facts.after)
+        if (auto previous = previous_head_metrics(st, data, rows.validation)) {
+            facts.before = r.report.before = previous;
+            facts.guard_from_base = true;
+        }
+    detail::Decision decision = detail::decide(facts);
+    if (facts.guard_from_base && decision.outcome == TrainReport::Outcome::rolled_back) {
+        decision.reason += "; the backbone upgrade is undone";
+        revert_upgrade(st);
+    }
+    return apply(r, decision, base,
                  {.state = &state,
                   .optimizer = optimizer_state,
                   .step = state.step + loop.steps,
@@ -367,6 +431,7 @@ TrainReport Personalizer::Impl::commit(Run& r, const HeadState& s,
             if (const auto from = r.st.get_meta(meta_upgrade_from); from && !from->empty()) {
                 r.st.keep_only_features(feature_key);
                 r.st.set_meta(meta_upgrade_from, "");
+                r.st.set_meta(meta_upgrade_from_features, "");
             }
         }
         r.st.append_run(metrics);
@@ -435,6 +500,8 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         m.fill_missing_features(m.store);
         Transaction tx = m.store.transaction();
         m.store.set_meta(meta_upgrade_from, *stored_digest);
+        m.store.set_meta(meta_upgrade_from_features,
+                         m.store.get_meta(meta_feature_key).value_or(*stored_digest));
         m.save_base(m.store);
         m.store.set_meta(meta_digest, m.digest);
         m.store.set_meta(meta_trained_upto, "0");
@@ -452,7 +519,13 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
     }
     m.fill_missing_features(m.store);
     if (const auto pending = m.store.get_meta(meta_retrain_pending); pending && !pending->empty()) {
-        TrainReport report = m.run({}, Impl::Mode::from_base);
+        TrainReport report =
+            m.run(*pending == "upgrade" ? options.upgrade_training : TrainOptions{},
+                  Impl::Mode::from_base);
+        if (*pending == "upgrade" && report.outcome == TrainReport::Outcome::rolled_back)
+            throw InvalidArgument(std::string("[") + op + "] the upgrade of '" + db_path +
+                                  "' to backbone " + m.digest + " was rolled back: " +
+                                  report.reason + "; the store keeps its previous backbone");
         if (*pending == "upgrade") m.upgrade_report = std::move(report);
     }
     m.publish(m.load_current(m.store).head);

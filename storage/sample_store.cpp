@@ -1054,6 +1054,13 @@ std::vector<CheckpointInfo> SampleStore::list_checkpoints() const {
     return out;
 }
 
+std::int64_t SampleStore::drop_checkpoints(std::string_view digest) {
+    constexpr std::string_view op = "sample_store.drop_checkpoints";
+    check_digest(digest, op);
+    Stmt(impl_->db, sql::delete_checkpoints_of_digest, op).bind(1, digest).run();
+    return impl_->db.changes();
+}
+
 std::int64_t SampleStore::prune_checkpoints(std::size_t keep_last) {
     Stmt(impl_->db, sql::prune_checkpoints, "sample_store.prune_checkpoints")
         .bind(1, sql_limit(keep_last))

@@ -341,6 +341,8 @@ public:
     std::optional<StoredCheckpoint> get_checkpoint(std::int64_t id) const;
     // Metadata only, oldest first.
     std::vector<CheckpointInfo> list_checkpoints() const;
+    // Deletes every checkpoint (base and trained) of `digest`; returns how many.
+    std::int64_t drop_checkpoints(std::string_view digest);
     // Deletes every `trained` checkpoint but the newest keep_last; keeps every `base`.
     // Returns how many were deleted.
     std::int64_t prune_checkpoints(std::size_t keep_last);

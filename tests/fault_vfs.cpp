@@ -325,7 +325,7 @@ void FaultVfs::install() {
 }
 
 void FaultVfs::uninstall() {
-    sqlite3_vfs_register(state().real, 1);
+    if (state().real != nullptr) sqlite3_vfs_register(state().real, 1);  // else never installed
 }
 
 void FaultVfs::reset() {

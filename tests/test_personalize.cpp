@@ -1515,6 +1515,7 @@ TEST_CASE("backbone upgrade: features recomputed, head retrained from a fresh ba
     CHECK(read_bytes(db.path) == before);
     PersonalizerOptions upgrading = options(new_bb, HeadSpec::linear(4));
     upgrading.upgrade_backbone = true;
+    upgrading.upgrade_training = quick;
     auto p = Personalizer::open(db.path, upgrading);
     const auto upgrade = p->last_upgrade();
     REQUIRE(upgrade);
@@ -1661,6 +1662,15 @@ TEST_CASE("idx::read: round trip, plain and gzip, and every refusal names file a
                   idx::read(write("empty.idx", {}), lb);
               }).find("short read of magic number") != std::string::npos);
         CHECK_THROWS_AS(idx::read(im, lb, -1), InvalidArgument);
+        // A forged image size is refused before anything is allocated for it (found by the
+        // idx fuzz target: 65536 x 65536 pixels made the first chunk a 16 TiB allocation).
+        std::vector<std::uint8_t> huge = images;
+        huge[8] = huge[12] = 0x00;
+        huge[9] = huge[13] = 0x01;  // rows = cols = 65536
+        huge[10] = huge[11] = huge[14] = huge[15] = 0x00;
+        const std::string hg = write("huge.idx", huge);
+        CHECK(thrown<CorruptData>([&] { idx::read(hg, lb); }) ==
+              "[idx] '" + hg + "' declares images of 65536 x 65536 pixels (1 to 67108864 allowed)");
     }
     std::filesystem::remove_all(dir);
 }

@@ -3,7 +3,8 @@
 // forget and a backbone upgrade at every write point of small scenarios and at random points
 // of a long one, under both durability modes; erasure that leaves no byte of a forgotten
 // sample in the database, -wal or -shm, also on a full disk; the N-th write, sync or read
-// failing during open, add, train and forget; read-only opens that never write.
+// failing during open, add, train and forget, and SQLite's N-th allocation; read-only opens
+// that never write; schema v2's migration and idempotent adds; files from elsewhere.
 //
 // Each power-loss and fault loop prints one line of counts (cuts, losses, corruptions).
 // EDGETUNE_STRESS=1 runs the long scenario at 10,000 cut points instead of 160.
@@ -19,6 +20,10 @@
 #include <filesystem>
 #include <functional>
 #include <set>
+
+#include <sqlite3.h>
+
+#include <atomic>
 
 #include "fault_vfs.hpp"
 #include "personalize.hpp"
@@ -439,6 +444,7 @@ std::vector<Scenario> personalizer_scenarios() {
                    [](const std::string& db, Durability d) {
                        PersonalizerOptions o = popts(d, shared_backbone(1));
                        o.upgrade_backbone = true;
+                       o.upgrade_training = quick;
                        Personalizer::open(db, o);
                    },
                    [](const std::string& db, Durability d, bool acked) -> std::string {
@@ -835,4 +841,138 @@ TEST_CASE("a negative schema version (a damaged header, found by fuzz_database) 
     CHECK(contains(thrown<StorageError>([&] { SampleStore::open(db.path, store_options()); }),
                    "schema version -1 is not valid"));
     CHECK(read_file(db.path, 1 << 26) == bytes);
+}
+
+// =============================================================================================
+// The N-th allocation fails (SQLite's allocator)
+
+namespace {
+
+// SQLite's allocator, wrapped: the n-th allocation from arming fails once (returns null, which
+// SQLite reports as SQLITE_NOMEM). Installed before SQLite initializes (sqlite3_shutdown first).
+struct SqliteAllocFaults {
+    static inline sqlite3_mem_methods real{};
+    static inline std::atomic<std::int64_t> count{0}, fail_at{0};
+    static inline std::atomic<bool> fired{false};
+    static bool fail_now() {
+        const std::int64_t at = fail_at.load();
+        if (at == 0 || ++count != at) return false;
+        fired = true;
+        return true;
+    }
+    static void* x_malloc(int n) { return fail_now() ? nullptr : real.xMalloc(n); }
+    static void* x_realloc(void* p, int n) { return fail_now() ? nullptr : real.xRealloc(p, n); }
+    static void install() {
+        static const bool done = [] {
+            sqlite3_shutdown();
+            sqlite3_config(SQLITE_CONFIG_GETMALLOC, &real);
+            sqlite3_mem_methods wrapped = real;
+            wrapped.xMalloc = &x_malloc;
+            wrapped.xRealloc = &x_realloc;
+            sqlite3_config(SQLITE_CONFIG_MALLOC, &wrapped);
+            sqlite3_initialize();
+            return true;
+        }();
+        (void)done;
+    }
+    static void arm(std::int64_t n) {
+        count = 0;
+        fired = false;
+        fail_at = n;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("allocation faults: open, add, train and forget with SQLite's n-th allocation failing") {
+    SqliteAllocFaults::install();
+    FaultVfsScope vfs;  // for its free syncs only
+    // Every allocation point under EDGETUNE_STRESS; every 5th (a fifth of the time) otherwise.
+    const std::int64_t stride = stress() ? 1 : 5;
+    using Step = std::function<void(std::unique_ptr<Personalizer>&, const std::string&)>;
+    const std::vector<std::pair<const char*, Step>> steps = {
+        {"open",
+         [](std::unique_ptr<Personalizer>& p, const std::string& db) {
+             p = Personalizer::open(db, popts(Durability::normal, shared_backbone(0)));
+         }},
+        {"add", [](std::unique_ptr<Personalizer>& p, const std::string&) { p->add(sample(600)); }},
+        {"train", [](std::unique_ptr<Personalizer>& p, const std::string&) { p->train(quick); }},
+        {"forget", [](std::unique_ptr<Personalizer>& p,
+                      const std::string&) { p->forget(std::vector<std::int64_t>{2}, quick); }},
+    };
+    for (const auto& [name, run] : steps) {
+        int runs = 0, failed = 0;
+        for (std::int64_t n = 1; n < 5000; n += stride) {
+            TempDb db("alloc-fault");
+            trained_store(db.path, Durability::normal);
+            std::unique_ptr<Personalizer> p =
+                Personalizer::open(db.path, popts(Durability::normal, shared_backbone(0)));
+            if (std::string(name) == "open") p.reset();
+            SqliteAllocFaults::arm(n);
+            std::string error;
+            try {
+                run(p, db.path);
+            } catch (const Error& e) {
+                error = e.what();
+            }
+            const bool fired = SqliteAllocFaults::fired;
+            SqliteAllocFaults::arm(0);
+            ++runs;
+            if (!error.empty()) {
+                ++failed;
+                CHECK_MESSAGE(error.front() == '[', error);
+            }
+            p.reset();
+            auto q = Personalizer::open(db.path, popts(Durability::normal, shared_backbone(0)));
+            CHECK(q->store().integrity_check() == "ok");
+            CHECK(q->sample_count() >= 19);
+            CHECK(q->sample_count() <= 21);
+            if (!fired) break;
+        }
+        std::printf(
+            "alloc faults: %-6s failing SQLite's n-th allocation (every %lld): %d runs, "
+            "%d threw\n",
+            name, static_cast<long long>(stride), runs, failed);
+    }
+}
+
+TEST_CASE("an upgrade whose retrained head fails the validation guard keeps the previous head") {
+    TempDb db("upgrade-guard");
+    auto bb = shared_backbone(0);
+    std::vector<std::pair<std::string, Matrix>> head;
+    {
+        auto p = Personalizer::open(db.path, popts(Durability::normal, bb));
+        p->add(samples(0, 60));
+        REQUIRE(
+            p->train({.epochs = 20, .optimizer = AdamOptions{.lr = 0.05f}, .seed = 1}).outcome ==
+            TrainReport::Outcome::committed);
+        head = p->head_parameters();
+    }
+    // A backbone whose features say nothing: every weight zero.
+    Rng rng(4);
+    BackboneNet net({.input = InputSpec::float_vector(8), .hidden = {12}}, rng);
+    for (auto& [name, v] : net.named_parameters()) v.value_mut().setZero();
+    PersonalizerOptions o = popts(Durability::normal, Backbone::freeze(net));
+    o.upgrade_backbone = true;
+    const std::string error = thrown<InvalidArgument>([&] { Personalizer::open(db.path, o); });
+    CHECK(contains(error, "was rolled back: validation got worse"));
+    CHECK(contains(error, "the store keeps its previous backbone"));
+    // The previous backbone, head and features are the committed ones, as before.
+    auto p = Personalizer::open(db.path, popts(Durability::normal, bb));
+    CHECK(!p->last_upgrade());
+    const auto now = p->head_parameters();
+    REQUIRE(now.size() == head.size());
+    for (std::size_t i = 0; i < now.size(); ++i) CHECK(now[i].second == head[i].second);
+    CHECK(p->store().ids_missing_features(bb->feature_key(), 100).empty());
+    CHECK(p->store().get_meta("personalize.backbone_digest") == bb->digest());
+    CHECK(p->store().integrity_check() == "ok");
+    // A good upgrade still goes through.
+    PersonalizerOptions good = popts(Durability::normal, shared_backbone(1));
+    good.upgrade_backbone = true;
+    good.upgrade_training = {.epochs = 20, .optimizer = AdamOptions{.lr = 0.05f}, .seed = 1};
+    p.reset();
+    p = Personalizer::open(db.path, good);
+    REQUIRE(p->last_upgrade());
+    CHECK(p->store().get_meta("personalize.upgrade_from").value_or("") == "");
+    CHECK(p->store().ids_missing_features(bb->feature_key(), 100).size() == 60);  // dropped
 }

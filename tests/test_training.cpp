@@ -229,6 +229,14 @@ TEST_CASE("decide: the commit/rollback table, row by row") {
         CHECK(d.reason.find("validation got worse: {\"loss\":0.5") == 0);
         f.from_base = true;
         CHECK(decide(f).action == Action::commit_trained);
+        // ... unless it is a backbone upgrade guarded against the previous backbone's head.
+        f.guard_from_base = true;
+        CHECK(decide(f).action == Action::log_only);
+        CHECK(decide(f).outcome == Outcome::rolled_back);
+        f.after = good;
+        CHECK(decide(f).action == Action::commit_trained);
+        f.after = bad;
+        f.guard_from_base = false;
         f.from_base = false;
         // Classification needs both signals: lower accuracy with a better loss is not worse.
         f.after = Metrics{.loss = 0.4, .accuracy = 0.6, .balanced_accuracy = 0.6, .samples = 20};

@@ -89,8 +89,18 @@ Data read(const std::string& images_path, const std::string& labels_path, std::i
     // short read throws), chunk by chunk, never the declared count at once.
     const auto n =
         limit > 0 ? std::min<std::int64_t>(limit, n_images) : static_cast<std::int64_t>(n_images);
-    const auto image_bytes = static_cast<std::size_t>(d.rows) * d.cols;
-    constexpr std::int64_t chunk = 4096;  // images per read
+    // NOTE: rows x cols is declared too: bound it, and size the chunks by bytes, so a forged
+    // header cannot make one read allocate more than max_chunk_bytes ahead of the data.
+    constexpr std::uint64_t max_image_bytes = std::uint64_t{1} << 26;
+    constexpr std::uint64_t max_chunk_bytes = std::uint64_t{1} << 24;
+    const std::uint64_t declared = std::uint64_t{d.rows} * d.cols;
+    if (declared == 0 || declared > max_image_bytes)
+        throw CorruptData("[idx] '" + images_path + "' declares images of " +
+                          std::to_string(d.rows) + " x " + std::to_string(d.cols) +
+                          " pixels (1 to " + std::to_string(max_image_bytes) + " allowed)");
+    const auto image_bytes = static_cast<std::size_t>(declared);
+    const auto chunk = static_cast<std::int64_t>(
+        std::clamp<std::uint64_t>(max_chunk_bytes / declared, 1, 4096));  // images per read
     for (std::int64_t at = 0; at < n; at += chunk) {
         const auto len = static_cast<std::size_t>(std::min(chunk, n - at));
         const std::size_t old_pixels = d.pixels.size(), old_labels = d.labels.size();

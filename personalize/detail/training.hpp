@@ -162,6 +162,9 @@ struct RunFacts {
     bool params_finite = true;
     bool optimizer_finite = true;
     std::optional<Metrics> before{}, after{};  // validation metrics; after only when healthy()
+    // A backbone upgrade's retrain from base, guarded like an incremental run against the
+    // previous backbone's head (`before` is that head's metrics on its own stored features).
+    bool guard_from_base = false;
     // Neither cancelled nor diverged: the trained head may be evaluated.
     bool healthy() const {
         return stop.why != LoopStop::Why::cancelled && stop.why != LoopStop::Why::diverged &&
@@ -180,7 +183,7 @@ std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, b
 //                              from base:   commit the base head (cancelled)
 //   diverged or NaN val. loss  incremental: roll back
 //                              from base:   commit the base head (committed)
-//   incremental, validation worse by more than the tolerance: roll back
+//   incremental (or a guarded upgrade), validation worse by more than the tolerance: roll back
 //   otherwise                  commit the trained head
 // "Worse" for classification: balanced accuracy dropped by more than the tolerance AND the
 // loss did not improve; for regression: the loss rose by more than the tolerance fraction.

@@ -168,6 +168,8 @@ inline constexpr char select_checkpoint[] =
 inline constexpr char list_checkpoints[] =
     "SELECT id, created_at, kind, step, backbone_digest, metrics, length(payload) "
     "FROM checkpoints ORDER BY id";
+inline constexpr char delete_checkpoints_of_digest[] =
+    "DELETE FROM checkpoints WHERE backbone_digest = ?1";
 // Keeps every 'base' and the ?1 newest 'trained'.
 inline constexpr char prune_checkpoints[] =
     "DELETE FROM checkpoints WHERE kind = 'trained' AND id NOT IN "
