@@ -18,32 +18,18 @@
 #include "detail/head.hpp"
 #include "detail/head_checkpoint.hpp"
 #include "detail/training.hpp"
+#include "detail/upgrade.hpp"
 #include "fp_mode.hpp"
 #include "personalize.hpp"
 
 namespace edgetune {
 
+using namespace detail::meta;
 using detail::Clock;
 using detail::Dataset;
 using detail::head_spec_string;
 
 namespace {
-
-const char* const meta_digest = "personalize.backbone_digest";
-const char* const meta_head = "personalize.head";
-const char* const meta_trained_upto = "personalize.trained_upto";
-// "upgrade" or "forget" while a retrain from base is owed (set in the same transaction as the
-// change that makes the current head wrong, cleared by the retrain's commit): a crash in
-// between retrains at the next open, so a forgotten sample never survives in the head.
-const char* const meta_retrain_pending = "personalize.retrain_pending";
-// The previous backbone's digest while an upgrade's retrain is owed: its features are dropped
-// by the retrain's commit, not before.
-const char* const meta_upgrade_from = "personalize.upgrade_from";
-// ... and the key its features are stored under.
-const char* const meta_upgrade_from_features = "personalize.upgrade_from_features";
-// The key the cached features are stored under (Backbone::feature_key): a store opened where
-// another kernel variant runs drops them and computes its own.
-const char* const meta_feature_key = "personalize.feature_key";
 
 [[noreturn]] void fail(const char* op, const std::string& message) {
     throw InvalidArgument(std::string("[") + op + "] " + message);
@@ -75,35 +61,6 @@ bool all_finite(const OptimizerState& s) {
         for (const Matrix& m : slot)
             if (!m.allFinite()) return false;
     return true;
-}
-
-// Prototype heads: the classes an initial head already enrolled, those whose weight column
-// (the first layer's, [F x C]) is not all zero.
-std::vector<bool> enrolled_columns(const Head& head) {
-    const auto tensors = head.tensors();  // by value: a reference into it must not outlive it
-    const Matrix& w = tensors.front().second;
-    std::vector<bool> seen(static_cast<std::size_t>(w.cols()), false);
-    for (Index c = 0; c < w.cols(); ++c) seen[static_cast<std::size_t>(c)] = !w.col(c).isZero(0);
-    return seen;
-}
-
-// Throws InvalidArgument unless `w` fits a head of `spec` over `backbone`'s features.
-void check_initial_head(const HeadWeights& w, const HeadSpec& spec, const Backbone& backbone) {
-    const char* op = "Personalizer.open";
-    if (!w.backbone_digest.empty() && w.backbone_digest != backbone.digest())
-        fail(op, "initial_head was trained on backbone " + w.backbone_digest + ", not on " +
-                     backbone.digest());
-    for (const auto& [name, value] : w.tensors)
-        if (!value.allFinite()) fail(op, "initial_head tensor '" + name + "' holds NaN or Inf");
-    Rng unused(0);
-    Head head(spec, backbone.feature_dim(), unused);
-    try {
-        head.load(w.tensors);
-    } catch (const CorruptData& e) {
-        // Head::load names the tensor and both shapes; the expected layout is in HeadWeights.
-        fail(op, std::string("initial_head does not fit the head spec and the backbone's ") +
-                     std::to_string(backbone.feature_dim()) + " features: " + e.what());
-    }
 }
 
 }  // namespace
@@ -195,7 +152,7 @@ struct Personalizer::Impl {
         std::vector<bool> seen(static_cast<std::size_t>(spec().outputs), false);
         if (options.initial_head) {
             head->load(options.initial_head->tensors);
-            seen = enrolled_columns(*head);
+            seen = detail::enrolled_columns(*head);
         }
         const auto payload = encode(*head, {}, 0, seen, Rng(options.seed), "{}");
         st.save_checkpoint(
@@ -223,56 +180,6 @@ struct Personalizer::Impl {
         Dataset d = detail::read_dataset(st, spec(), feature_key, backbone().feature_dim());
         detail::mark_validation(d, spec(), options.seed, options.validation_fraction);
         return d;
-    }
-
-    // --- backbone upgrades ---
-    // The previous backbone's committed head on the validation rows, through the features it
-    // was trained on (still stored until the upgrade commits); nullopt if either is missing.
-    std::optional<Metrics> previous_head_metrics(const SampleStore& st, const Dataset& d,
-                                                 const std::vector<std::size_t>& rows) const {
-        const std::string from = st.get_meta(meta_upgrade_from).value_or("");
-        const std::string key = st.get_meta(meta_upgrade_from_features).value_or("");
-        const auto trained = st.latest_checkpoint(CheckpointKind::trained);
-        if (from.empty() || key.empty() || rows.empty() || !trained ||
-            trained->info.backbone_digest != from)
-            return std::nullopt;
-        std::vector<std::int64_t> ids;
-        for (std::size_t r : rows) ids.push_back(d.ids[r]);
-        Dataset old;
-        try {
-            old.features = st.get_features(key, ids);
-        } catch (const InvalidArgument&) {
-            return std::nullopt;  // not every sample has old features: nothing to compare
-        }
-        const Checkpoint c = decode_checkpoint(trained->payload);
-        Rng unused(0);
-        Head head(spec(), old.features.cols(), unused);
-        head.load(c.tensors);
-        std::vector<std::size_t> all(rows.size());
-        std::iota(all.begin(), all.end(), std::size_t{0});
-        for (std::size_t r : rows) old.labels.push_back(spec().classifies() ? d.labels[r] : 0);
-        if (!spec().classifies()) {
-            old.targets.resize(static_cast<Index>(rows.size()), d.targets.cols());
-            for (std::size_t i = 0; i < rows.size(); ++i)
-                old.targets.row(static_cast<Index>(i)) = d.targets.row(static_cast<Index>(rows[i]));
-        }
-        return detail::evaluate_rows(head, old, all);
-    }
-
-    // Undoes an upgrade whose retrain failed the guard: the previous backbone's digest, head
-    // and features are the committed ones again; the new backbone's rows are dropped.
-    void revert_upgrade(SampleStore& st) {
-        const std::string from = st.get_meta(meta_upgrade_from).value_or("");
-        const std::string key = st.get_meta(meta_upgrade_from_features).value_or("");
-        Transaction tx = st.transaction();
-        st.drop_checkpoints(digest);
-        st.keep_only_features(key);
-        st.set_meta(meta_digest, from);
-        st.set_meta(meta_feature_key, key);
-        st.set_meta(meta_retrain_pending, "");
-        st.set_meta(meta_upgrade_from, "");
-        st.set_meta(meta_upgrade_from_features, "");
-        tx.commit();
     }
 
     // --- training ---
@@ -367,14 +274,14 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     // A backbone upgrade's retrain must do as well as the previous backbone's head on the same
     // validation samples; until it does, that head stays the committed one.
     if (from_base && facts.after)
-        if (auto previous = previous_head_metrics(st, data, rows.validation)) {
+        if (auto previous = detail::previous_head_metrics(st, spec(), data, rows.validation)) {
             facts.before = r.report.before = previous;
             facts.guard_from_base = true;
         }
     detail::Decision decision = detail::decide(facts);
     if (facts.guard_from_base && decision.outcome == TrainReport::Outcome::rolled_back) {
         decision.reason += "; the backbone upgrade is undone";
-        revert_upgrade(st);
+        detail::revert_upgrade(st, digest);
     }
     return apply(r, decision, base,
                  {.state = &state,
@@ -457,7 +364,7 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         fail(op, "validation_fraction = " + std::to_string(options.validation_fraction) +
                      " outside [0, 1)");
     if (options.initial_head)
-        check_initial_head(*options.initial_head, options.head, *options.backbone);
+        detail::check_initial_head(*options.initial_head, options.head, *options.backbone);
     StoreOptions so;
     so.input = options.backbone->config().input;
     so.label = options.head.classifies() ? LabelSpec::classes(options.head.outputs)
