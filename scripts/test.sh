@@ -55,7 +55,7 @@ echo "== reliability: simulated power cuts, I/O faults, fuzz corpus replay (coun
 # crashes found by fuzz/run included).
 EDGETUNE_TEST_TMP=build-test/tests/tmp EDGETUNE_FIXTURES=tests/fixtures build-test/tests/test_reliability >build-test/reliability.log 2>&1 ||
     { status=1; echo "reliability: FAILED (build-test/reliability.log)"; }
-grep -E '^(power loss|io faults|alloc faults):' build-test/reliability.log
+grep -E '^(power loss|io faults|alloc faults|file power loss):' build-test/reliability.log
 for t in checkpoint backbone csv idx database; do
     inputs=(fuzz/corpus/$t)
     [ -d fuzz/crashes/$t ] && inputs+=(fuzz/crashes/$t)

@@ -8,6 +8,8 @@
 // fixed-size integers and binary_data blocks whose size is already checked.
 #include "storage.hpp"
 
+#include "detail/file_ops.hpp"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
@@ -209,9 +211,16 @@ std::string system_message() {
 struct Fd {
     int fd = -1;
     ~Fd() {
-        if (fd >= 0) ::close(fd);
+        if (fd >= 0) detail::file_ops().close(fd);
     }
 };
+
+int make_temp(char* path_template) {
+    return ::mkostemp(path_template, O_CLOEXEC);
+}
+int open_directory(const char* path) {
+    return ::open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
 
 }  // namespace
 
@@ -333,9 +342,21 @@ Checkpoint decode_checkpoint(std::span<const std::uint8_t> bytes) {
     return ck;
 }
 
+detail::FileOps& detail::file_ops() {
+    static FileOps ops{.make_temp = make_temp,
+                       .write = ::write,
+                       .fsync = ::fsync,
+                       .close = ::close,
+                       .rename = ::rename,
+                       .unlink = ::unlink,
+                       .open_directory = open_directory};
+    return ops;
+}
+
 void write_file_atomic(const std::string& path, std::span<const std::uint8_t> bytes) {
+    const detail::FileOps& os = detail::file_ops();
     std::string tmp = path + ".tmpXXXXXX";
-    Fd file{::mkostemp(tmp.data(), O_CLOEXEC)};  // mode 0600
+    Fd file{os.make_temp(tmp.data())};  // mode 0600
     if (file.fd < 0)
         throw StorageError(
             fmt::format("[write_file_atomic] cannot create a temporary file for "
@@ -344,24 +365,24 @@ void write_file_atomic(const std::string& path, std::span<const std::uint8_t> by
     auto fail = [&](std::string_view step) {
         const std::string message =
             fmt::format("[write_file_atomic] {} failed for '{}': {}", step, path, system_message());
-        ::unlink(tmp.c_str());
+        os.unlink(tmp.c_str());
         throw StorageError(message);
     };
     for (std::size_t done = 0; done < bytes.size();) {
-        const ssize_t n = ::write(file.fd, bytes.data() + done, bytes.size() - done);
+        const ssize_t n = os.write(file.fd, bytes.data() + done, bytes.size() - done);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) fail("write");
         done += static_cast<std::size_t>(n);
     }
-    if (::fsync(file.fd) != 0) fail("fsync");
+    if (os.fsync(file.fd) != 0) fail("fsync");
     const int fd = file.fd;
     file.fd = -1;
-    if (::close(fd) != 0) fail("close");
-    if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename");
+    if (os.close(fd) != 0) fail("close");
+    if (os.rename(tmp.c_str(), path.c_str()) != 0) fail("rename");
     // The rename is durable once the directory entry is: fsync the directory too.
     std::string dir = std::filesystem::path(path).parent_path().string();
-    Fd dir_fd{::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
-    if (dir_fd.fd < 0 || ::fsync(dir_fd.fd) != 0)
+    Fd dir_fd{os.open_directory(dir.empty() ? "." : dir.c_str())};
+    if (dir_fd.fd < 0 || os.fsync(dir_fd.fd) != 0)
         throw StorageError(
             fmt::format("[write_file_atomic] fsync of the directory of '{}' "
                         "failed: {}",
