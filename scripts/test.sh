@@ -56,6 +56,7 @@ echo "== reliability: simulated power cuts, I/O faults, fuzz corpus replay (coun
 EDGETUNE_TEST_TMP=build-test/tests/tmp EDGETUNE_FIXTURES=tests/fixtures build-test/tests/test_reliability >build-test/reliability.log 2>&1 ||
     { status=1; echo "reliability: FAILED (build-test/reliability.log)"; }
 grep -E '^(power loss|io faults|alloc faults|file power loss):' build-test/reliability.log
+grep -E '^alloc faults: .*operator new' build-test/meson-logs/testlog.txt  # test_alloc_faults, above
 for t in checkpoint backbone csv idx database; do
     inputs=(fuzz/corpus/$t)
     [ -d fuzz/crashes/$t ] && inputs+=(fuzz/crashes/$t)
