@@ -335,6 +335,21 @@ public:
     // Ids that are not stored are skipped and listed in the report's not_found.
     TrainReport forget(std::span<const std::int64_t> ids, const TrainOptions& retrain = {});
 
+    // --- classes (classification heads; InvalidArgument for a regression head) ---
+    // Labels are dense, 0 .. C-1 (SampleStore::classes); HeadSpec's outputs are the initial C.
+    // Adds a class named `name` and returns its label; the served head gets a column that is
+    // never predicted until the class is trained on, when it starts at the class's prototype,
+    // scaled like the trained columns (linear and prototype heads; mlp: trained from zero).
+    // Throws InvalidArgument for an empty, bad or taken name; nothing changes then.
+    std::int32_t add_class(std::string_view name);
+    void rename_class(std::int32_t label, std::string_view name);
+    std::vector<ClassInfo> classes() const;
+    // Exact unlearning of a whole class: its samples and features are erased (durably, as
+    // forget), the labels above it shift down by one, and the head is retrained from the base
+    // without its column. A class added at run time, then removed, leaves the same head bytes
+    // as never adding it. Throws InvalidArgument for an unknown label or the last class.
+    TrainReport remove_class(std::int32_t label, const TrainOptions& retrain = {});
+
     std::int64_t sample_count() const;
     std::vector<std::int64_t> count_per_label() const;
     std::optional<TrainReport> last_upgrade() const;

@@ -123,6 +123,9 @@ struct Personalizer::Impl {
 
     std::mutex train_mu;
     std::optional<TrainReport> upgrade_report;
+    // Classification heads: the live number of classes (the store's classes table); the spec's
+    // outputs are the initial number. Changed under store_mu.
+    std::atomic<std::int64_t> live_classes{0};
 
     Impl(std::string p, PersonalizerOptions o, StoreOptions so, SampleStore s)
         : path(std::move(p)),
@@ -130,10 +133,17 @@ struct Personalizer::Impl {
           store_options(so),
           digest(options.backbone->digest()),
           feature_key(options.backbone->feature_key()),
-          store(std::move(s)) {}
+          store(std::move(s)) {
+        live_classes = store.label_spec().size;
+    }
 
     const Backbone& backbone() const { return *options.backbone; }
-    const HeadSpec& spec() const { return options.head; }
+    // The head spec with the live number of classes.
+    HeadSpec spec() const {
+        HeadSpec h = options.head;
+        if (h.classifies()) h.outputs = live_classes.load();
+        return h;
+    }
 
     std::shared_ptr<Head> new_head(std::uint64_t seed) const {
         Rng rng(seed);
@@ -160,7 +170,13 @@ struct Personalizer::Impl {
     }
 
     HeadState decode(const StoredCheckpoint& stored) const {
-        detail::HeadCheckpoint c = detail::decode_head_checkpoint(stored.payload, spec().outputs);
+        const HeadSpec h = spec();
+        detail::HeadCheckpoint c = detail::decode_head_checkpoint(stored.payload, h.outputs);
+        // A checkpoint from before an add_class: the new classes' columns are added here.
+        if (h.classifies()) {
+            grow_classes(c.tensors, h, h.outputs);
+            grow_classes(c.optimizer, h.outputs);
+        }
         HeadState s{.head = new_head(0),
                     .optimizer = std::move(c.optimizer),
                     .step = c.step,
@@ -199,6 +215,40 @@ struct Personalizer::Impl {
         st.save_checkpoint(
             {.kind = CheckpointKind::base, .step = 0, .backbone_digest = digest, .metrics = "{}"},
             payload);
+    }
+
+    // The base head without class `label` (its column and seen entry dropped), saved as the
+    // new base checkpoint; returns it. Run inside remove_class's transaction.
+    std::shared_ptr<Head> save_base_without(SampleStore& st, std::int32_t label) {
+        HeadState base = load_base(st);
+        auto tensors = base.head->tensors();
+        drop_class(tensors, label);
+        base.seen.erase(base.seen.begin() + label);
+        HeadSpec h = spec();
+        h.outputs -= 1;
+        Rng unused(0);
+        auto head = std::make_shared<Head>(h, backbone().feature_dim(), unused);
+        head->load(tensors);
+        const auto payload = encode(*head, {}, 0, base.seen, Rng(options.seed), "{}");
+        st.save_checkpoint(
+            {.kind = CheckpointKind::base, .step = 0, .backbone_digest = digest, .metrics = "{}"},
+            payload);
+        return head;
+    }
+
+    // A retrain from base that an erasure owes; on a full disk it may use the reserve, once.
+    TrainReport retrain_owed(const TrainOptions& retrain) {
+        try {
+            return run(retrain, Mode::from_base);
+        } catch (const DiskFull&) {
+            bool released = false;
+            {
+                std::lock_guard lock(store_mu);
+                released = store.release_reserve();
+            }
+            if (!released) throw;
+            return run(retrain, Mode::from_base);
+        }
     }
 
     void publish(std::shared_ptr<Head> head) {
@@ -567,24 +617,67 @@ TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainO
     }
     TrainReport report;
     if (used) {
-        try {
-            report = impl_->run(retrain, Impl::Mode::from_base);
-        } catch (const DiskFull&) {
-            // The erasure is committed; the retrain it owes needs room too: the reserve, once.
-            bool released = false;
-            {
-                std::lock_guard lock(impl_->store_mu);
-                released = impl_->store.release_reserve();
-            }
-            if (!released) throw;
-            report = impl_->run(retrain, Impl::Mode::from_base);
-        }
+        // The erasure is committed; the retrain it owes needs room too: the reserve, once.
+        report = impl_->retrain_owed(retrain);
     } else {
         report.outcome = TrainReport::Outcome::nothing_to_do;
         report.reason = "none of the forgotten samples had been trained on";
     }
     report.not_found = std::move(not_found);
     return report;
+}
+
+// ---- classes ----------------------------------------------------------------------------
+
+std::int32_t Personalizer::add_class(std::string_view name) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
+    if (!impl_->spec().classifies()) fail("Personalizer.add_class", "a regression head");
+    std::lock_guard lock(impl_->store_mu);
+    const std::int32_t label = impl_->store.add_class(name);
+    impl_->live_classes = impl_->store.label_spec().size;
+    // The served head gets the class's column now; its prototype comes with the next train().
+    auto tensors = impl_->current_head()->tensors();
+    const HeadSpec h = impl_->spec();
+    grow_classes(tensors, h, h.outputs);
+    auto head = impl_->new_head(0);
+    head->load(tensors);
+    impl_->publish(std::move(head));
+    return label;
+}
+
+void Personalizer::rename_class(std::int32_t label, std::string_view name) {
+    if (!impl_->spec().classifies()) fail("Personalizer.rename_class", "a regression head");
+    std::lock_guard lock(impl_->store_mu);
+    impl_->store.rename_class(label, name);
+}
+
+std::vector<ClassInfo> Personalizer::classes() const {
+    if (!impl_->spec().classifies()) fail("Personalizer.classes", "a regression head");
+    std::lock_guard lock(impl_->store_mu);
+    return impl_->store.classes();
+}
+
+TrainReport Personalizer::remove_class(std::int32_t label, const TrainOptions& retrain) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
+    if (!impl_->spec().classifies()) fail("Personalizer.remove_class", "a regression head");
+    detail::validate_train_options(retrain);
+    std::lock_guard train_lock(impl_->train_mu);
+    {
+        std::lock_guard lock(impl_->store_mu);
+        SampleStore& st = impl_->store;
+        // One durable transaction: samples, features, the class, shifted labels, a base without
+        // the class's column, no trained checkpoint (they hold the class), the retrain owed.
+        const std::vector<std::pair<std::string, std::string>> debt{
+            {meta_retrain_pending, "forget"}};
+        std::shared_ptr<Head> base;
+        st.remove_class(label, debt, [&] {
+            base = impl_->save_base_without(st, label);
+            st.prune_checkpoints(0);
+        });
+        impl_->live_classes = st.label_spec().size;
+        impl_->publish(std::move(base));  // serves no trace of the class meanwhile
+    }
+    return impl_->retrain_owed(retrain);
 }
 
 std::int64_t Personalizer::sample_count() const {
