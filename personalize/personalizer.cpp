@@ -15,6 +15,7 @@
 #include <mutex>
 #include <numeric>
 
+#include "detail/calibration.hpp"
 #include "detail/head.hpp"
 #include "detail/head_checkpoint.hpp"
 #include "detail/training.hpp"
@@ -120,6 +121,11 @@ struct Personalizer::Impl {
 
     mutable std::mutex head_mu;
     std::shared_ptr<Head> committed;  // immutable once published
+    // The committed head's "unknown" threshold (TrainReport::calibration), if it has one, and
+    // the class prototypes [C x F] its scores are taken against (detail/calibration.hpp): the
+    // trained-on samples' as of the commit; after a reopen, the stored non-validation samples'.
+    std::optional<Calibration> calibration;
+    Matrix prototypes;
 
     std::mutex train_mu;
     std::optional<TrainReport> upgrade_report;
@@ -153,6 +159,56 @@ struct Personalizer::Impl {
     std::shared_ptr<Head> current_head() const {
         std::lock_guard lock(head_mu);
         return committed;
+    }
+
+    // The calibration and its prototypes, copied under the lock.
+    std::optional<Calibration> current_calibration(Matrix& protos) const {
+        std::lock_guard lock(head_mu);
+        if (calibration) protos = prototypes;
+        return calibration;
+    }
+
+    void publish_calibration(std::optional<Calibration> c, Matrix protos = {}) {
+        std::lock_guard lock(head_mu);
+        calibration = c;
+        prototypes = std::move(protos);
+    }
+
+    // Prototypes of every non-validation sample stored (a reopened calibrated head).
+    Matrix stored_prototypes(const SampleStore& st) const {
+        const Dataset d = load_dataset(st);
+        std::vector<std::size_t> rows;
+        for (std::size_t i = 0; i < d.ids.size(); ++i)
+            if (!d.validation[i]) rows.push_back(i);
+        return detail::class_prototypes(d, rows, spec().outputs);
+    }
+
+    void publish_stored_calibration(const SampleStore& st) {
+        const auto c = calibration_of(current_checkpoint(st));
+        publish_calibration(c, c ? stored_prototypes(st) : Matrix());
+    }
+
+    // The calibration recorded with a checkpoint (its metrics are a TrainReport's JSON).
+    static std::optional<Calibration> calibration_of(const StoredCheckpoint& c) {
+        if (c.info.metrics.find("\"calibration\"") == std::string::npos) return std::nullopt;
+        return TrainReport::from_json(c.info.metrics).calibration;
+    }
+
+    // With opts.unknown: prototypes of the training rows, scores of the validation rows
+    // against them, the threshold into the report.
+    static void calibrate_unknown(TrainReport& report, Matrix& protos, const Dataset& d,
+                                  const detail::RowSelection& rows, const Unknown& u,
+                                  Index classes) {
+        if (u.kind == Unknown::Kind::off) return;
+        protos = detail::class_prototypes(d, rows.train, classes);
+        Matrix x(static_cast<Index>(rows.validation.size()), d.features.cols());
+        IdList y;
+        for (std::size_t i = 0; i < rows.validation.size(); ++i) {
+            x.row(static_cast<Index>(i)) = d.features.row(static_cast<Index>(rows.validation[i]));
+            y.push_back(d.labels[rows.validation[i]]);
+        }
+        report.calibration =
+            detail::calibrate(detail::cosine_scores(x, protos), y, u, report.calibration_note);
     }
 
     // --- checkpoints ---
@@ -282,6 +338,7 @@ struct Personalizer::Impl {
         SampleStore st;
         Mode mode;
         TrainReport report{};
+        Matrix prototypes{};  // with a calibration: what its scores were taken against
         std::chrono::milliseconds elapsed() const {
             return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
         }
@@ -305,6 +362,7 @@ struct Personalizer::Impl {
 // Reads the store, then: rows, loss, epochs, decision (detail/training.hpp), then applies it.
 TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     detail::validate_train_options(opts);
+    detail::check_unknown(opts.unknown);
     // The run's own connection: the app's connection stays free for add() and predict().
     // It never recreates a released reserve: on a full disk that room is what this run needs.
     StoreOptions run_options = store_options;
@@ -362,7 +420,11 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
                            .before = r.report.before};
     if (facts.healthy() && !rows.validation.empty())
         facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
-    return apply(r, detail::decide(facts), base,
+    const detail::Decision decision = detail::decide(facts);
+    if (decision.action == detail::Action::commit_trained)
+        if (spec().classifies())
+            calibrate_unknown(r.report, r.prototypes, data, rows, opts.unknown, spec().outputs);
+    return apply(r, decision, base,
                  {.state = &state,
                   .optimizer = optimizer_state,
                   .step = state.step + loop.steps,
@@ -423,6 +485,7 @@ TrainReport Personalizer::Impl::commit(Run& r, const HeadState& s,
         tx.commit();
     }
     publish(s.head);
+    publish_calibration(r.report.calibration, r.prototypes);
     return r.report;
 }
 
@@ -471,6 +534,7 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         // never a head that still holds what was forgotten.
         const bool owed = !m.store.get_meta(meta_retrain_pending).value_or("").empty();
         m.publish(owed ? m.load_base(m.store).head : m.load_current(m.store).head);
+        if (!owed) m.publish_stored_calibration(m.store);
         return std::unique_ptr<Personalizer>(new Personalizer(std::move(impl)));
     }
     if (!stored_digest) {
@@ -506,6 +570,7 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         if (*pending == "upgrade") m.upgrade_report = std::move(report);
     }
     m.publish(m.load_current(m.store).head);
+    m.publish_stored_calibration(m.store);
     return std::unique_ptr<Personalizer>(new Personalizer(std::move(impl)));
 }
 
@@ -558,6 +623,14 @@ std::vector<Prediction> Personalizer::predict(const Sample& input, int k) const 
     const float mx = logits.maxCoeff();
     const Eigen::RowVectorXf p = (logits.row(0).array() - mx).exp().matrix();
     const float total = p.sum();
+    Matrix protos;
+    if (const auto c = impl_->current_calibration(protos)) {
+        Index top = 0;
+        const float best = p.maxCoeff(&top) / total;
+        if (top < protos.rows() &&
+            detail::cosine_scores(f, protos)(0, top) < static_cast<float>(c->threshold))
+            return {{.label = Prediction::unknown_label, .probability = best, .unknown = true}};
+    }
     std::vector<Prediction> out;
     for (Index c = 0; c < p.size(); ++c)
         out.push_back({static_cast<std::int32_t>(c), p[c] / total});
@@ -569,6 +642,25 @@ std::vector<Prediction> Personalizer::predict(const Sample& input, int k) const 
                       });
     out.resize(top);
     return out;
+}
+
+Verification Personalizer::verify(const Sample& input, std::int32_t label) const {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
+    if (!impl_->spec().classifies()) fail("verify", "a regression head: use regress()");
+    Matrix protos;
+    const auto c = impl_->current_calibration(protos);
+    if (!c)
+        fail("verify",
+             "the head has no calibrated threshold: train with TrainOptions::unknown (the "
+             "report says when there was too little held-out data)");
+    const Matrix f = impl_->backbone().features(std::span<const Sample>(&input, 1));
+    const Matrix scores = detail::cosine_scores(f, protos);
+    if (label < 0 || label >= scores.cols())
+        fail("verify", "label " + std::to_string(label) + " out of range for " +
+                           std::to_string(scores.cols()) + " classes");
+    const float score = scores(0, label);
+    const auto threshold = static_cast<float>(c->threshold);
+    return {.score = score, .threshold = threshold, .accept = score >= threshold};
 }
 
 std::vector<float> Personalizer::regress(const Sample& input) const {
@@ -597,6 +689,7 @@ TrainReport Personalizer::train(const TrainOptions& options) {
 TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainOptions& retrain) {
     const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     detail::validate_train_options(retrain);
+    detail::check_unknown(retrain.unknown);
     std::lock_guard train_lock(impl_->train_mu);
     bool used = false;
     std::vector<std::int64_t> not_found;
@@ -661,6 +754,7 @@ TrainReport Personalizer::remove_class(std::int32_t label, const TrainOptions& r
     const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     if (!impl_->spec().classifies()) fail("Personalizer.remove_class", "a regression head");
     detail::validate_train_options(retrain);
+    detail::check_unknown(retrain.unknown);
     std::lock_guard train_lock(impl_->train_mu);
     {
         std::lock_guard lock(impl_->store_mu);
@@ -675,7 +769,8 @@ TrainReport Personalizer::remove_class(std::int32_t label, const TrainOptions& r
             st.prune_checkpoints(0);
         });
         impl_->live_classes = st.label_spec().size;
-        impl_->publish(std::move(base));  // serves no trace of the class meanwhile
+        impl_->publish(std::move(base));           // serves no trace of the class meanwhile
+        impl_->publish_calibration(std::nullopt);  // its prototypes name the old labels
     }
     return impl_->retrain_owed(retrain);
 }

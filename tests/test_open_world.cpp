@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "detail/calibration.hpp"
 #include "detail/head.hpp"
 #include "fashion_mnist.hpp"
 #include "personalize.hpp"
@@ -240,4 +241,107 @@ TEST_CASE("Fashion-MNIST: a class added to a trained head classifies at step 0 l
         // 0.589 vs 0.594; without the scaled init a new column starts far below NCM.
         CHECK(head_acc >= ncm_acc - 0.01);
     }
+}
+
+// ---- "unknown": calibrated threshold, verify ----------------------------------------------
+
+TEST_CASE("calibrate: threshold at a target FAR and at the EER, measured on the given scores") {
+    // 20 samples of 2 classes: genuine scores 0.55 .. 0.93, impostor scores 1 - genuine.
+    Matrix probs(20, 2);
+    IdList labels;
+    for (Index i = 0; i < 20; ++i) {
+        const auto y = static_cast<std::int32_t>(i % 2);
+        const float g = 0.55f + 0.02f * static_cast<float>(i);
+        probs(i, y) = g;
+        probs(i, 1 - y) = 1.0f - g;
+        labels.push_back(y);
+    }
+    std::string note;
+    const auto c = detail::calibrate(probs, labels, Unknown::at_far(0.1), note);
+    REQUIRE(c);
+    CHECK(c->genuine == 20);
+    CHECK(c->impostor == 20);
+    CHECK(c->far <= 0.1);
+    CHECK(c->frr == 0.0);  // the two score sets do not overlap
+    CHECK(c->eer == 0.0);
+    // Two impostors (10%) accepted: 0.45 and 0.43; the threshold is just above the third, 0.41.
+    CHECK(c->far == doctest::Approx(0.1));
+    CHECK(c->threshold > 0.40f);
+    CHECK(c->threshold < 0.42f);
+    const auto e = detail::calibrate(probs, labels, Unknown::at_equal_error(), note);
+    REQUIRE(e);
+    CHECK(e->far == 0.0);
+    CHECK(e->frr == 0.0);
+    // Too few impostor scores for FAR 0.01, too few scores at all: nothing, and a note.
+    CHECK(!detail::calibrate(probs, labels, Unknown::at_far(0.01), note));
+    CAPTURE(note);
+    CHECK(contains(note, "20 impostor scores, at least 100 needed"));
+    CHECK(!detail::calibrate(probs.topRows(4), IdList(labels.begin(), labels.begin() + 4),
+                             Unknown::at_equal_error(), note));
+    CHECK(contains(note, "4 genuine and 4 impostor scores"));
+}
+
+TEST_CASE("unknown: strangers are rejected at the calibrated threshold; verify; bad FAR") {
+    TempDb db("open-unknown");
+    auto p = Personalizer::open(db.path, options(HeadSpec::linear(4)));
+    for (std::int32_t c = 0; c < 4; ++c) p->add(cluster(c, 40, 200 + c));
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = Unknown::at_far(1.0)}); }),
+                   "target FAR 1.000000 outside (0, 1)"));
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = Unknown::at_far(0.0)}); }),
+                   "outside (0, 1)"));
+    CHECK(p->store().list_runs().empty());  // nothing ran, nothing logged
+    CHECK(contains(thrown<InvalidArgument>([&] { p->verify(cluster(0, 1, 1).front(), 0); }),
+                   "no calibrated threshold"));
+    const TrainReport r = p->train({.epochs = 20,
+                                    .optimizer = AdamOptions{.lr = 0.05f},
+                                    .seed = 1,
+                                    .unknown = Unknown::at_far(0.05)});
+    REQUIRE(r.outcome == TrainReport::Outcome::committed);
+    REQUIRE(r.calibration);
+    CHECK(r.calibration->far <= 0.05);
+    CHECK(r.calibration->genuine == r.validation_samples);
+    CHECK(r.calibration->impostor == 3 * r.validation_samples);
+    std::printf("unknown at FAR 0.05: threshold %.4f far %.3f frr %.3f eer %.3f (%lld genuine)\n",
+                r.calibration->threshold, r.calibration->far, r.calibration->frr,
+                r.calibration->eer, static_cast<long long>(r.calibration->genuine));
+    // Enrolled classes are accepted, strangers (classes never enrolled) mostly rejected.
+    int known = 0, strangers = 0;
+    for (std::int32_t c = 0; c < 4; ++c)
+        for (const Sample& s : cluster(c, 10, 700 + c)) {
+            const Prediction top = p->predict(s).front();
+            known += !top.unknown && top.label == c;
+            CHECK(p->verify(s, c).accept == (p->verify(s, c).score >= r.calibration->threshold));
+        }
+    for (std::int32_t c = 10; c < 14; ++c)
+        for (const Sample& s : cluster(c, 10, 800 + c)) strangers += p->predict(s).front().unknown;
+    std::printf("unknown: %d/40 enrolled accepted as their class, %d/40 strangers rejected\n",
+                known, strangers);
+    CHECK(known >= 36);
+    CHECK(strangers >= 20);
+    const Verification v = p->verify(cluster(1, 1, 9).front(), 1);
+    CHECK(v.accept);
+    CHECK(!p->verify(cluster(1, 1, 9).front(), 2).accept);
+    CHECK(contains(thrown<InvalidArgument>([&] { p->verify(cluster(1, 1, 9).front(), 4); }),
+                   "label 4 out of range for 4 classes"));
+    // The threshold is stored with the head: a reopen answers the same.
+    const auto before = p->predict(cluster(12, 1, 5).front()).front();
+    p.reset();
+    p = Personalizer::open(db.path, options(HeadSpec::linear(4)));
+    CHECK(p->verify(cluster(1, 1, 9).front(), 1).threshold == doctest::Approx(v.threshold));
+    CHECK(p->predict(cluster(12, 1, 5).front()).front().unknown == before.unknown);
+    // The report's JSON carries it.
+    const TrainReport back = TrainReport::from_json(r.to_json());
+    REQUIRE(back.calibration);
+    CHECK(back.calibration->impostor == r.calibration->impostor);
+}
+
+TEST_CASE("unknown: too little held-out data is said, not invented") {
+    TempDb db("open-unknown-small");
+    auto p = Personalizer::open(db.path, options(HeadSpec::linear(2)));
+    for (std::int32_t c = 0; c < 2; ++c) p->add(cluster(c, 6, 300 + c));
+    const TrainReport r = p->train({.epochs = 2, .seed = 1, .unknown = Unknown::at_far(0.01)});
+    CHECK(!r.calibration);
+    CHECK(contains(r.calibration_note, "too little held-out data"));
+    CHECK(contains(r.to_json(), "calibration_note"));
+    CHECK(!p->predict(cluster(0, 1, 1).front()).front().unknown);
 }
