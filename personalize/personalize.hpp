@@ -249,6 +249,11 @@ struct TrainOptions {
     // Calibrates "unknown" for the committed head (Calibration); InvalidArgument for a target
     // FAR outside (0, 1).
     Unknown unknown = Unknown::off();
+    // Per-batch mix, so replay does not drown a few new shots: every batch holds at least this
+    // share of samples new since the last committed training (they are repeated within the
+    // epoch as needed; the epoch is one pass over the replayed samples). 0: the new samples are
+    // shuffled in with the replay once per epoch. In [0, 1); InvalidArgument otherwise.
+    float new_share = 0.0f;
 };
 
 struct Metrics {

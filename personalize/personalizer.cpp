@@ -403,6 +403,8 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     // Optimizer: continue its state when the kind matches (incremental updates), else fresh.
     detail::TrainLoop loop =
         detail::start_loop(head, opts, from_base ? nullptr : &state.optimizer, rng, rows.train);
+    loop.is_new.assign(data.ids.size(), false);
+    for (std::size_t i = 0; i < data.ids.size(); ++i) loop.is_new[i] = data.ids[i] > trained_upto;
     const detail::LoopStop stop =
         detail::run_epochs(loop, head, data, terms, opts, opts.epochs, r.start, state.step);
     r.report.steps = loop.steps;

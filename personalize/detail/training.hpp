@@ -110,7 +110,16 @@ struct TrainLoop {
     int last_epoch = 0;              // the last epoch that took at least one step
     std::int64_t steps = 0;
     std::vector<float> loss_curve;  // mean training loss per epoch that took a step
+    std::vector<bool> is_new{};     // [dataset rows]: new since the last commit (new_share)
 };
+
+// The epoch's batches with TrainOptions::new_share (rows.cpp): `order` (shuffled) regrouped so
+// every batch of `batch` rows holds at least ceil(share * batch) new rows, the new ones cycled
+// in their shuffled order; the old rows each appear once. Returns `order` itself when the new
+// rows already make up the share, or there are no new or no old rows.
+std::vector<std::size_t> mix_new_rows(const std::vector<std::size_t>& order,
+                                      const std::vector<bool>& is_new, std::size_t batch,
+                                      float share);
 
 // Fresh optimizer and schedule over head.parameters(); with `resume`, the saved optimizer state
 // is continued when its kind matches (lr stays the option's), else the moments start fresh.
