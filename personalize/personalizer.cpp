@@ -398,6 +398,11 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     Head& head = *state.head;
     if (!rows.validation.empty())
         r.report.before = detail::evaluate_rows(head, data, rows.validation);
+    // Few-shot classes with no held-out sample (judged on their shots by the decision).
+    const std::vector<std::size_t> shots =
+        spec().classifies() ? detail::unvalidated_rows(data, rows) : std::vector<std::size_t>{};
+    std::optional<Metrics> shots_before;
+    if (!shots.empty()) shots_before = detail::evaluate_rows(head, data, shots);
     const detail::LossTerms terms =
         detail::prepare_loss(head, state.seen, data, rows.train, opts, *base.head);
     // Optimizer: continue its state when the kind matches (incremental updates), else fresh.
@@ -422,6 +427,9 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
                            .before = r.report.before};
     if (facts.healthy() && !rows.validation.empty())
         facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
+    facts.shots_before = shots_before;
+    if (facts.healthy() && shots_before)
+        facts.shots_after = detail::evaluate_rows(head, data, shots);
     const detail::Decision decision = detail::decide(facts);
     if (decision.action == detail::Action::commit_trained)
         if (spec().classifies())

@@ -92,6 +92,21 @@ RowSelection select_rows(const Dataset& d, const HeadSpec& spec, std::int64_t tr
     return s;
 }
 
+std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows) {
+    std::vector<bool> held_out;
+    for (std::size_t r : rows.validation) {
+        const auto c = static_cast<std::size_t>(d.labels[r]);
+        if (held_out.size() <= c) held_out.resize(c + 1, false);
+        held_out[c] = true;
+    }
+    std::vector<std::size_t> out;
+    for (std::size_t r : rows.train) {
+        const auto c = static_cast<std::size_t>(d.labels[r]);
+        if (c >= held_out.size() || !held_out[c]) out.push_back(r);
+    }
+    return out;
+}
+
 std::vector<std::size_t> mix_new_rows(const std::vector<std::size_t>& order,
                                       const std::vector<bool>& is_new, std::size_t batch,
                                       float share) {

@@ -405,3 +405,18 @@ TEST_CASE("new_share: one shot with replay is learned; a bad share is refused") 
     CHECK(contains(thrown<InvalidArgument>([&] { p->train({.new_share = 1.0f}); }),
                    "new_share = 1.000000 outside [0, 1)"));
 }
+
+TEST_CASE("the guard judges a class with no held-out sample on its shots, not ignoring it") {
+    TempDb db("open-guard");
+    auto p = Personalizer::open(db.path, options(HeadSpec::linear(3)));
+    for (std::int32_t c = 0; c < 3; ++c) p->add(cluster(c, 30, 600 + c));
+    const TrainOptions train{.epochs = 10, .optimizer = AdamOptions{.lr = 0.05f}, .seed = 1};
+    REQUIRE(p->train(train).outcome == TrainReport::Outcome::committed);
+    p->add(cluster(p->add_class("two shots"), 2, 650));
+    const TrainReport r = p->train(train);
+    CAPTURE(r.reason);
+    CHECK(r.outcome == TrainReport::Outcome::committed);
+    CHECK(contains(r.reason,
+                   "classes without a held-out sample judged on their 2 training shots: "
+                   "accuracy 0.000000 -> 1.000000"));
+}

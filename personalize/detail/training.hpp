@@ -171,12 +171,19 @@ struct RunFacts {
     bool params_finite = true;
     bool optimizer_finite = true;
     std::optional<Metrics> before{}, after{};  // validation metrics; after only when healthy()
+    // Classes trained on that have no validation sample (1-4 shots): their training shots'
+    // metrics before and after (after only when healthy()); unset when there are none.
+    std::optional<Metrics> shots_before{}, shots_after{};
     // Neither cancelled nor diverged: the trained head may be evaluated.
     bool healthy() const {
         return stop.why != LoopStop::Why::cancelled && stop.why != LoopStop::Why::diverged &&
                params_finite && optimizer_finite;
     }
 };
+
+// The training rows of the classes that have no validation row (the few-shot classes the
+// validation split leaves whole), ascending.
+std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows);
 
 // A run with nothing to train (an empty store, no training rows, or epochs = 0 on an
 // incremental run): the base head is committed on a retrain from base (it must lose what removed
