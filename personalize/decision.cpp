@@ -74,13 +74,12 @@ Decision decide(const RunFacts& f) {
                 .outcome = Outcome::rolled_back,
                 .reason = "validation got worse: " + metrics_json(*f.before) + " -> " +
                           metrics_json(*f.after)};
-    // Classes without a held-out sample are judged on their own shots: a training-set check,
-    // optimistic, but it catches an update that lost them (replay drowning a few shots)
-    // instead of ignoring them.
+    // Classes without a held-out sample are judged on their own shots, by the same two signals
+    // as the validation split: a training-set check, optimistic, but it catches an update that
+    // lost them (replay drowning a few shots) instead of ignoring them.
     const bool judged = f.shots_before && f.shots_after;
     if (!f.from_base && judged && f.classifies &&
-        f.shots_after->accuracy < f.shots_before->accuracy - f.tolerance &&
-        f.shots_before->accuracy > 0.0)
+        worse(*f.shots_before, *f.shots_after, true, f.tolerance))
         return {.action = Action::log_only,
                 .outcome = Outcome::rolled_back,
                 .reason = "classes without a held-out sample got worse on their training shots: " +
