@@ -45,8 +45,8 @@ struct et_personalizer {
     std::unique_ptr<et::Personalizer> engine;
     std::shared_ptr<const et::Backbone> backbone;
     et::HeadSpec head;
-    std::int64_t classes = 0;
-    std::mutex mu;  // guards trainings
+    std::atomic<std::int64_t> classes{0};  // live: et_class_add / et_class_remove change it
+    std::mutex mu;                         // guards trainings
     std::vector<et_training*> trainings;
 };
 
@@ -835,6 +835,127 @@ et_status et_count_per_class(const et_personalizer* personalizer, int64_t* count
     return guarded(op, error, [&] {
         const auto* p = checked(personalizer, Kind::personalizer, op, "personalizer");
         return fill_array(p->engine->count_per_label(), counts, capacity, count, op);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Named classes and verification
+
+et_status et_class_add(et_personalizer* personalizer, const char* name, int32_t* label,
+                       et_error** error) {
+    const char* op = "et_class_add";
+    return guarded(op, error, [&] {
+        auto* p = checked(personalizer, Kind::personalizer, op, "personalizer");
+        require(name != nullptr, op, "name is NULL");
+        require(label != nullptr, op, "label is NULL");
+        *label = p->engine->add_class(name);
+        p->classes = static_cast<std::int64_t>(p->engine->count_per_label().size());
+        return ET_OK;
+    });
+}
+
+et_status et_class_rename(et_personalizer* personalizer, int32_t label, const char* name,
+                          et_error** error) {
+    const char* op = "et_class_rename";
+    return guarded(op, error, [&] {
+        auto* p = checked(personalizer, Kind::personalizer, op, "personalizer");
+        require(name != nullptr, op, "name is NULL");
+        p->engine->rename_class(label, name);
+        return ET_OK;
+    });
+}
+
+et_status et_class_name(const et_personalizer* personalizer, int32_t label, char* out,
+                        size_t capacity, size_t* length, et_error** error) {
+    const char* op = "et_class_name";
+    return guarded(op, error, [&] {
+        const auto* p = checked(personalizer, Kind::personalizer, op, "personalizer");
+        require(length != nullptr, op, "length is NULL");
+        const auto classes = p->engine->classes();
+        require(label >= 0 && static_cast<std::size_t>(label) < classes.size(), op,
+                "no class with label " + std::to_string(label) + " (" +
+                    std::to_string(classes.size()) + " classes)");
+        const std::string& name = classes[static_cast<std::size_t>(label)].name;
+        *length = name.size();
+        if (out == nullptr && capacity == 0) return ET_OK;
+        require(out != nullptr, op, "out is NULL with capacity " + std::to_string(capacity));
+        if (capacity < name.size() + 1)
+            abi_fail(ET_ERR_BUFFER_TOO_SMALL, op,
+                     "out holds " + std::to_string(capacity) + " bytes, " +
+                         std::to_string(name.size() + 1) + " needed");
+        std::memcpy(out, name.c_str(), name.size() + 1);
+        return ET_OK;
+    });
+}
+
+et_status et_class_remove(et_personalizer* personalizer, int32_t label,
+                          const et_train_options* retrain, et_train_report* report,
+                          et_error** error) {
+    const char* op = "et_class_remove";
+    return guarded(op, error, [&] {
+        auto* p = checked(personalizer, Kind::personalizer, op, "personalizer");
+        check_out_struct(report, op, "report");
+        auto callback = std::make_shared<Callback>();
+        const et::TrainOptions t = to_train_options(retrain, callback, op);
+        const et::TrainReport r = p->engine->remove_class(label, t);
+        p->classes = static_cast<std::int64_t>(p->engine->count_per_label().size());
+        return finish_report(r, report, error, op);
+    });
+}
+
+et_status et_calibration_default(et_calibration* calibration, size_t size) {
+    et_calibration zero{};
+    zero.struct_size = sizeof zero;
+    return fill_default(calibration, size, zero);
+}
+
+et_status et_train_calibrated(et_personalizer* personalizer, const et_train_options* options,
+                              double target_far, et_train_report* report,
+                              et_calibration* calibration, et_error** error) {
+    const char* op = "et_train_calibrated";
+    return guarded(op, error, [&] {
+        checked(personalizer, Kind::personalizer, op, "personalizer");
+        check_out_struct(report, op, "report");
+        check_out_struct(calibration, op, "calibration");
+        auto callback = std::make_shared<Callback>();
+        et::TrainOptions t = to_train_options(options, callback, op);
+        t.unknown =
+            target_far == -1.0 ? et::Unknown::at_equal_error() : et::Unknown::at_far(target_far);
+        const et::TrainReport r = personalizer->engine->train(t);
+        if (calibration != nullptr) {
+            et_calibration c{};
+            if (r.calibration) {
+                c.calibrated = 1;
+                c.threshold = r.calibration->threshold;
+                c.far = r.calibration->far;
+                c.frr = r.calibration->frr;
+                c.eer = r.calibration->eer;
+                c.genuine = r.calibration->genuine;
+                c.impostor = r.calibration->impostor;
+            }
+            const std::size_t n = std::min(r.calibration_note.size(), sizeof c.note - 1);
+            std::memcpy(c.note, r.calibration_note.data(), n);
+            c.note[n] = '\0';
+            write_struct(calibration, c, op, "calibration");
+        }
+        return finish_report(r, report, error, op);
+    });
+}
+
+et_status et_verify_floats(const et_personalizer* personalizer, const float* input, size_t width,
+                           int32_t label, float* score, int32_t* accept, et_error** error) {
+    const char* op = "et_verify_floats";
+    return guarded(op, error, [&] {
+        const auto* p = checked(personalizer, Kind::personalizer, op, "personalizer");
+        check_input(p, et::InputSpec::Kind::float_vector, width, op);
+        require(input != nullptr, op, "input is NULL");
+        require(score != nullptr, op, "score is NULL");
+        et::Sample s;
+        s.input.assign(input, input + width);
+        const et::Verification v = p->engine->verify(s, label);
+        *score = v.score;
+        if (accept != nullptr) *accept = v.accept ? 1 : 0;
+        return ET_OK;
     });
 }
 

@@ -346,6 +346,52 @@ ET_API et_status et_count_per_class(const et_personalizer* personalizer, int64_t
  *     against a target FAR) and an et_calibration output struct;
  *   - regression heads: et_regress_floats / et_regress_tokens. */
 
+/* ------------------------------------------------------------------------------------------
+ * Named classes and open-world verification (appended in ABI 1; any thread unless said)
+ *
+ * Classes are dense labels 0 .. C-1 with unique UTF-8 names (SampleStore::classes); removing
+ * class L shifts the labels above it down by one. A prediction's label is -1 when a calibrated
+ * head answers "unknown" (et_train_calibrated). */
+
+/* Adds a class named `name` (1 to 256 bytes of UTF-8, unique); *label receives its label. */
+ET_API et_status et_class_add(et_personalizer* personalizer, const char* name, int32_t* label,
+                              et_error** error);
+ET_API et_status et_class_rename(et_personalizer* personalizer, int32_t label, const char* name,
+                                 et_error** error);
+/* The class's name, NUL-terminated, into out[0..capacity); *length = its length without the
+ * NUL. out NULL with capacity 0 asks for *length only. */
+ET_API et_status et_class_name(const et_personalizer* personalizer, int32_t label, char* out,
+                               size_t capacity, size_t* length, et_error** error);
+/* Erases the class's samples (as et_forget) and retrains from the base head without it.
+ * retrain and report may be NULL. */
+ET_API et_status et_class_remove(et_personalizer* personalizer, int32_t label,
+                                 const et_train_options* retrain, et_train_report* report,
+                                 et_error** error);
+
+/* The "unknown" calibration of a training (personalize.hpp Unknown, Calibration). */
+typedef struct et_calibration {
+    size_t struct_size;
+    int32_t calibrated; /* 0: too little held-out data; note says why */
+    double threshold;   /* cosine-prototype score an accepted input reaches */
+    double far, frr, eer;
+    int64_t genuine, impostor; /* held-out scores measured */
+    char note[256];            /* NUL-terminated */
+    /* appended fields go here */
+} et_calibration;
+
+/* Sets calibration->struct_size = size and zeroes the rest. */
+ET_API et_status et_calibration_default(et_calibration* calibration, size_t size);
+/* et_train, and calibrates "unknown" for the committed head at target_far in (0, 1), or at
+ * the equal error rate when target_far is -1. calibration may be NULL. */
+ET_API et_status et_train_calibrated(et_personalizer* personalizer, const et_train_options* options,
+                                     double target_far, et_train_report* report,
+                                     et_calibration* calibration, et_error** error);
+/* 1:1 check of `input` as class `label` at the calibrated threshold: *score, *accept (0/1);
+ * accept may be NULL. ET_ERR_INVALID_ARGUMENT for an uncalibrated head. */
+ET_API et_status et_verify_floats(const et_personalizer* personalizer, const float* input,
+                                  size_t width, int32_t label, float* score, int32_t* accept,
+                                  et_error** error);
+
 #ifdef __cplusplus
 }
 #endif

@@ -748,8 +748,12 @@ int cmd_predict(const Args& args) {
         const std::vector<Prediction> top = o.personalizer->predict(sample, k);
         std::printf("line %zu:", line);
         for (std::size_t i = 0; i < top.size(); ++i)
-            std::printf("%s %d (%.1f%%)", i == 0 ? "" : ",", top[i].label,
-                        100.0 * static_cast<double>(top[i].probability));
+            if (top[i].unknown)
+                std::printf(" unknown (best %.1f%%)",
+                            100.0 * static_cast<double>(top[i].probability));
+            else
+                std::printf("%s %d (%.1f%%)", i == 0 ? "" : ",", top[i].label,
+                            100.0 * static_cast<double>(top[i].probability));
         if (labelled) {
             std::printf("  [label %d]", sample.label);
             correct += !top.empty() && top[0].label == sample.label;
@@ -787,6 +791,47 @@ int cmd_forget(const Args& args) {
                       " ids are not stored: " + list);
     }
     return report_status(r);
+}
+
+// edgetune class add NAME | list | rename LABEL NAME | remove LABEL [training options]
+int cmd_class(const Args& args) {
+    const std::vector<std::string>& words = args.positional();
+    if (words.empty()) throw UsageError("no subcommand (add, list, rename or remove)");
+    const std::string& verb = words[0];
+    const std::size_t want = verb == "list" ? 1 : verb == "add" || verb == "remove" ? 2 : 3;
+    if (verb != "add" && verb != "list" && verb != "rename" && verb != "remove")
+        throw UsageError("unknown subcommand '" + verb + "' (add, list, rename or remove)");
+    if (words.size() != want)
+        throw UsageError("'class " + verb + "' takes " + std::to_string(want - 1) + " argument" +
+                         (want == 2 ? "" : "s") + ", got " + std::to_string(words.size() - 1));
+    auto label_of = [](const std::string& text) {
+        std::int32_t v = -1;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (ec != std::errc() || end != text.data() + text.size() || v < 0)
+            throw UsageError("bad class label '" + text + "' (expected a number >= 0)");
+        return v;
+    };
+    Opened o = open_db(args, verb == "list" ? Access::read_only : Access::write);
+    Personalizer& p = *o.personalizer;
+    if (verb == "add") {
+        const std::int32_t label = p.add_class(words[1]);
+        std::printf("added class %d '%s'; %s has %zu classes\n", label, words[1].c_str(),
+                    o.db.c_str(), p.classes().size());
+    } else if (verb == "rename") {
+        p.rename_class(label_of(words[1]), words[2]);
+        std::printf("class %s is now '%s'\n", words[1].c_str(), words[2].c_str());
+    } else if (verb == "remove") {
+        const TrainReport r = p.remove_class(label_of(words[1]), parse_train_options(args));
+        std::printf("removed class %s; %s holds %lld samples in %zu classes\n", words[1].c_str(),
+                    o.db.c_str(), static_cast<long long>(p.sample_count()), p.classes().size());
+        print_report(r, args.flag("json"));
+        return report_status(r);
+    } else {
+        for (const ClassInfo& c : p.classes())
+            std::printf("%6d  %-24s %8lld samples\n", c.label, c.name.c_str(),
+                        static_cast<long long>(c.samples));
+    }
+    return 0;
 }
 
 int cmd_export(const Args& args) {
@@ -877,6 +922,18 @@ const std::vector<Command>& commands() {
          {"json", "quiet"},
          true,
          cmd_forget},
+        {"class",
+         "add, list, rename or remove named classes",
+         " (add NAME | list | rename LABEL NAME | remove LABEL) [training options] [--json]\n\n"
+         "  add NAME          a new class (its label is the next free one); names are unique\n"
+         "  list              label, name and stored samples of every class\n"
+         "  rename LABEL NAME a new name for a class\n"
+         "  remove LABEL      erase the class's samples and retrain from the base head without\n"
+         "                    it (exact unlearning); the labels above it shift down by one\n",
+         {},
+         {"json"},
+         true,
+         cmd_class},
         {"export",
          "write the committed head as a checkpoint file",
          " --out FILE\n\n"
@@ -992,7 +1049,8 @@ int main(int argc, char** argv) {
             print_help(*command);
             return 0;
         }
-        if (!args.positional().empty() && std::string(command->name) != "forget")
+        if (!args.positional().empty() && std::string(command->name) != "forget" &&
+            std::string(command->name) != "class")
             throw UsageError("unexpected argument '" + args.positional().front() + "'");
         return command->run(args);
     } catch (const UsageError& e) {

@@ -24,7 +24,8 @@
 //
 // Usage: enroll [--backbone PATH] [--out-dir DIR] [--episodes N] [--json] [--small]
 //               [--epochs N] [--lr LR] [--base-lr LR] [--temperature T] [--balance 0|1]
-//               [--validation FRACTION]
+//               [--validation FRACTION] [--new-share S]
+// --new-share S gives the shots a share S of every batch of the update (TrainOptions::new_share).
 //
 // The backbone is trained by pretrain.cpp, the code path of examples/train_backbone.
 #include "args.hpp"
@@ -122,6 +123,7 @@ int main(int argc, char** argv) try {
     float lr = 0.0f, base_lr = 0.0f, temperature = 0.1f;
     bool balance = true;
     float validation = 0.0f;
+    float new_share = 0.0f;  // TrainOptions::new_share of the enrollment update
     for (examples::Args a(argc, argv); a.next();) {
         if (a.is("--small")) {
             small = true;
@@ -145,10 +147,12 @@ int main(int argc, char** argv) try {
             validation = a.real();
         } else if (a.is("--base-lr")) {
             base_lr = a.real();
+        } else if (a.is("--new-share")) {
+            new_share = a.real();
         } else {
             std::fprintf(stderr,
                          "usage: enroll [--backbone PATH] [--out-dir DIR] [--episodes N] "
-                         "[--json] [--small]\n");
+                         "[--json] [--small] [--new-share S]\n");
             return 2;
         }
     }
@@ -273,6 +277,7 @@ int main(int argc, char** argv) try {
                     enroll.replay = policy.replay;
                     enroll.optimizer = edgetune::AdamOptions{.lr = setup.lr};
                     enroll.balance_classes = balance;
+                    enroll.new_share = new_share;
                     enroll.seed = static_cast<std::uint64_t>(100 + e);
                     const std::clock_t train_start = std::clock();
                     const auto report = p->train(enroll);

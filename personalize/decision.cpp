@@ -74,9 +74,24 @@ Decision decide(const RunFacts& f) {
                 .outcome = Outcome::rolled_back,
                 .reason = "validation got worse: " + metrics_json(*f.before) + " -> " +
                           metrics_json(*f.after)};
+    // Classes without a held-out sample are judged on their own shots, by the same two signals
+    // as the validation split: a training-set check, optimistic, but it catches an update that
+    // lost them (replay drowning a few shots) instead of ignoring them.
+    const bool judged = f.shots_before && f.shots_after;
+    if (!f.from_base && judged && f.classifies &&
+        worse(*f.shots_before, *f.shots_after, true, f.tolerance))
+        return {.action = Action::log_only,
+                .outcome = Outcome::rolled_back,
+                .reason = "classes without a held-out sample got worse on their training shots: " +
+                          metrics_json(*f.shots_before) + " -> " + metrics_json(*f.shots_after)};
     std::string reason = !f.stop.reason.empty() ? f.stop.reason
                          : f.before             ? "completed"
                                                 : "completed (no validation samples: unguarded)";
+    if (judged && f.classifies)
+        reason += "; classes without a held-out sample judged on their " +
+                  std::to_string(f.shots_after->samples) + " training shots: accuracy " +
+                  std::to_string(f.shots_before->accuracy) + " -> " +
+                  std::to_string(f.shots_after->accuracy);
     return {.action = Action::commit_trained, .outcome = Outcome::committed, .reason = reason};
 }
 

@@ -49,18 +49,25 @@ Matrix Head::infer(const Matrix& features) {
     return forward(features).value();
 }
 
-void Head::init_prototypes(const Matrix& features, const IdList& labels,
-                           const std::vector<bool>& init) {
-    auto& linear = dynamic_cast<Linear&>(net_->at(0));
-    const Matrix x = prepare(features);
-    const Index classes = spec_.outputs;
-    Matrix sums = Matrix::Zero(classes, feature_dim_);
-    std::vector<Index> counts(static_cast<std::size_t>(classes), 0);
+void Head::class_sums(const Matrix& x, const IdList& labels, Matrix& sums,
+                      std::vector<Index>& counts) const {
+    sums = Matrix::Zero(spec_.outputs, feature_dim_);
+    counts.assign(static_cast<std::size_t>(spec_.outputs), 0);
     for (Index i = 0; i < x.rows(); ++i) {
         const std::int32_t y = labels[static_cast<std::size_t>(i)];
         sums.row(y) += x.row(i);
         ++counts[static_cast<std::size_t>(y)];
     }
+}
+
+void Head::init_prototypes(const Matrix& features, const IdList& labels,
+                           const std::vector<bool>& init) {
+    auto& linear = dynamic_cast<Linear&>(net_->at(0));
+    const Matrix x = prepare(features);
+    const Index classes = spec_.outputs;
+    Matrix sums;
+    std::vector<Index> counts;
+    class_sums(x, labels, sums, counts);
     for (Index c = 0; c < classes; ++c) {
         const auto k = static_cast<std::size_t>(c);
         if (!init[k] || counts[k] == 0) continue;
@@ -68,6 +75,35 @@ void Head::init_prototypes(const Matrix& features, const IdList& labels,
         // weight is [F x C]: class c is column c.
         linear.weight.value_mut().col(c) = (2.0f / spec_.temperature) * mu.transpose();
         linear.bias.value_mut()(0, c) = -mu.squaredNorm() / spec_.temperature;
+    }
+}
+
+void Head::init_scaled_prototypes(const Matrix& features, const IdList& labels,
+                                  const std::vector<bool>& init, const std::vector<bool>& seen) {
+    if (spec_.kind != HeadSpec::Kind::linear) return;
+    auto& linear = dynamic_cast<Linear&>(net_->at(0));
+    Matrix& w = linear.weight.value_mut();  // [F x C]
+    double norms = 0.0;
+    Index trained = 0;
+    for (Index c = 0; c < spec_.outputs; ++c)
+        if (seen[static_cast<std::size_t>(c)] && !init[static_cast<std::size_t>(c)]) {
+            norms += w.col(c).norm();
+            ++trained;
+        }
+    if (trained == 0 || norms == 0.0) return;
+    const auto target = static_cast<float>(norms / static_cast<double>(trained));
+    Matrix sums;
+    std::vector<Index> counts;
+    class_sums(prepare(features), labels, sums, counts);
+    for (Index c = 0; c < spec_.outputs; ++c) {
+        const auto k = static_cast<std::size_t>(c);
+        if (!init[k] || counts[k] == 0) continue;
+        const Eigen::RowVectorXf mu = sums.row(c) / static_cast<float>(counts[k]);
+        const float mu_norm = mu.norm();
+        if (mu_norm == 0.0f) continue;
+        const float scale = target / (2.0f * mu_norm);
+        w.col(c) = (2.0f * scale) * mu.transpose();
+        linear.bias.value_mut()(0, c) = -scale * mu.squaredNorm();
     }
 }
 
@@ -91,6 +127,55 @@ std::vector<std::pair<std::string, Matrix>> Head::tensors() const {
     std::vector<std::pair<std::string, Matrix>> out;
     for (const auto& [name, p] : named_parameters()) out.emplace_back(name, p.value());
     return out;
+}
+
+namespace {
+
+// m [r x C0] -> [r x classes]: new columns `fill`.
+void grow_columns(Matrix& m, Index classes, float fill) {
+    if (m.cols() >= classes) return;
+    Matrix out = Matrix::Constant(m.rows(), classes, fill);
+    out.leftCols(m.cols()) = m;
+    m = std::move(out);
+}
+
+void drop_column(Matrix& m, Index label) {
+    if (label < 0 || label >= m.cols()) return;
+    Matrix out(m.rows(), m.cols() - 1);
+    out.leftCols(label) = m.leftCols(label);
+    out.rightCols(m.cols() - 1 - label) = m.rightCols(m.cols() - 1 - label);
+    m = std::move(out);
+}
+
+}  // namespace
+
+void grow_classes(std::vector<std::pair<std::string, Matrix>>& tensors, const HeadSpec& spec,
+                  Index classes) {
+    if (tensors.size() < 2) return;
+    Matrix& bias = tensors.back().second;
+    const float low = spec.kind == HeadSpec::Kind::prototype
+                          ? -1.0f / spec.temperature
+                          : (bias.size() > 0 ? bias.minCoeff() : 0.0f) - 10.0f;
+    grow_columns(tensors[tensors.size() - 2].second, classes, 0.0f);
+    grow_columns(bias, classes, low);
+}
+
+void grow_classes(OptimizerState& state, Index classes) {
+    if (state.slots.size() < 2) return;
+    for (std::size_t i = state.slots.size() - 2; i < state.slots.size(); ++i)
+        for (Matrix& m : state.slots[i]) grow_columns(m, classes, 0.0f);
+}
+
+void drop_class(std::vector<std::pair<std::string, Matrix>>& tensors, Index label) {
+    if (tensors.size() < 2) return;
+    for (std::size_t i = tensors.size() - 2; i < tensors.size(); ++i)
+        drop_column(tensors[i].second, label);
+}
+
+void drop_class(OptimizerState& state, Index label) {
+    if (state.slots.size() < 2) return;
+    for (std::size_t i = state.slots.size() - 2; i < state.slots.size(); ++i)
+        for (Matrix& m : state.slots[i]) drop_column(m, label);
 }
 
 }  // namespace edgetune

@@ -101,6 +101,8 @@ void validate_train_options(const TrainOptions& o) {
     if (o.epochs < 0) fail(op, "epochs = " + std::to_string(o.epochs) + " must be >= 0");
     if (o.max_steps < 0) fail(op, "max_steps = " + std::to_string(o.max_steps) + " must be >= 0");
     if (o.batch <= 0) fail(op, "batch = " + std::to_string(o.batch) + " must be > 0");
+    if (!(o.new_share >= 0.0f && o.new_share < 1.0f))
+        fail(op, "new_share = " + std::to_string(o.new_share) + " outside [0, 1)");
     if (o.deadline.count() < 0) fail(op, "deadline must be >= 0");
     if (!(o.clip_norm >= 0.0f))
         fail(op, "clip_norm = " + std::to_string(o.clip_norm) + " must be >= 0");
@@ -159,13 +161,15 @@ LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTer
         std::vector<std::size_t>& order = loop.order;
         for (std::size_t i = order.size(); i > 1; --i)
             std::swap(order[i - 1], order[loop.rng.below(i)]);
+        const std::vector<std::size_t> rows =
+            o.new_share > 0.0f ? mix_new_rows(order, loop.is_new, batch, o.new_share) : order;
         double epoch_loss = 0.0;
         std::size_t epoch_batches = 0;
-        for (std::size_t at = 0; at < order.size(); at += batch) {
+        for (std::size_t at = 0; at < rows.size(); at += batch) {
             stop = check_budgets(loop, o, start);
             if (stop.why != LoopStop::Why::none) break;
-            const std::size_t len = std::min(batch, order.size() - at);
-            fill_batch(b, d, std::span(order).subspan(at, len), head.spec().classifies());
+            const std::size_t len = std::min(batch, rows.size() - at);
+            fill_batch(b, d, std::span(rows).subspan(at, len), head.spec().classifies());
             // NOTE: a batch whose samples all weigh 0 teaches nothing (and its weighted mean
             // is 0/0): it is skipped, not counted as a step.
             if (!(b.weight > 0.0)) continue;

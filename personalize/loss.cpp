@@ -30,8 +30,9 @@ LossTerms prepare_loss(Head& head, std::vector<bool>& seen, const Dataset& d,
                        const std::vector<std::size_t>& train_rows, const TrainOptions& o,
                        const Head& base) {
     const HeadSpec& spec = head.spec();
-    // Prototype heads: classes seen for the first time start at their class mean.
-    if (spec.kind == HeadSpec::Kind::prototype) {
+    // Classes trained on for the first time start at their class mean: prototype heads as
+    // nearest-class-mean, linear heads that have trained classes at those classes' scale.
+    if (spec.kind == HeadSpec::Kind::prototype || spec.kind == HeadSpec::Kind::linear) {
         std::vector<bool> init(seen.size(), false);
         Matrix x(static_cast<Index>(train_rows.size()), d.features.cols());
         IdList y;
@@ -40,7 +41,10 @@ LossTerms prepare_loss(Head& head, std::vector<bool>& seen, const Dataset& d,
             y.push_back(d.labels[train_rows[i]]);
             init[static_cast<std::size_t>(y.back())] = !seen[static_cast<std::size_t>(y.back())];
         }
-        head.init_prototypes(x, y, init);
+        if (spec.kind == HeadSpec::Kind::prototype)
+            head.init_prototypes(x, y, init);
+        else
+            head.init_scaled_prototypes(x, y, init, seen);
     }
     if (spec.classifies())
         for (std::size_t r : train_rows) seen[static_cast<std::size_t>(d.labels[r])] = true;

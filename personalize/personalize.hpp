@@ -187,6 +187,36 @@ struct Replay {
     static Replay none() { return {Kind::none, 0}; }
 };
 
+// The operating point of the "unknown" decision, calibrated by train() on the user's held-out
+// samples. A score is the cosine between an input's features and a class prototype (the mean
+// direction of the class's trained-on features); genuine scores are each validation sample's
+// against its own class, impostor scores against every other class. An input is accepted for a
+// class when its score reaches the threshold; predict answers unknown when its best class is
+// not accepted.
+struct Unknown {
+    enum class Kind {
+        off,          // no calibration: predict never answers unknown, verify is refused
+        target_far,   // the lowest threshold whose measured false-accept rate is <= far
+        equal_error,  // where the measured false-accept and false-reject rates meet
+    };
+    Kind kind = Kind::off;
+    double far = 0.0;  // target_far: in (0, 1)
+
+    static Unknown off() { return {}; }
+    static Unknown at_far(double far) { return {Kind::target_far, far}; }
+    static Unknown at_equal_error() { return {Kind::equal_error, 0.0}; }
+};
+
+// A calibrated threshold and what it measured on the held-out samples.
+struct Calibration {
+    double threshold = 0.0;
+    double far = 0.0;  // impostor scores accepted at the threshold
+    double frr = 0.0;  // genuine scores rejected at the threshold
+    double eer = 0.0;  // equal error rate of these scores (where FAR and FRR meet)
+    std::int64_t genuine = 0;
+    std::int64_t impostor = 0;
+};
+
 struct Progress {
     std::int64_t step = 0;
     int epoch = 0;
@@ -216,6 +246,14 @@ struct TrainOptions {
     float tolerance = 0.02f;
     std::function<void(const Progress&)> on_progress{};  // called after every step
     const std::atomic<bool>* stop = nullptr;             // set to true to cancel between steps
+    // Calibrates "unknown" for the committed head (Calibration); InvalidArgument for a target
+    // FAR outside (0, 1).
+    Unknown unknown = Unknown::off();
+    // Per-batch mix, so replay does not drown a few new shots: every batch holds at least this
+    // share of samples new since the last committed training (they are repeated within the
+    // epoch as needed; the epoch is one pass over the replayed samples). 0: the new samples are
+    // shuffled in with the replay once per epoch. In [0, 1); InvalidArgument otherwise.
+    float new_share = 0.0f;
 };
 
 struct Metrics {
@@ -242,6 +280,11 @@ struct TrainReport {
     // forget() only: the ids given that were not stored, in the order given. A property of the
     // call, not of the training run: not part of the JSON.
     std::vector<std::int64_t> not_found{};
+    // With TrainOptions::unknown: the calibration of the committed head, or, when there was too
+    // little held-out data to measure the asked operating point, nothing and a note saying so
+    // (the head then answers no unknown).
+    std::optional<Calibration> calibration{};
+    std::string calibration_note{};
     // One JSON object (the training log's and a checkpoint's metrics format); from_json reads
     // what to_json wrote (NaN/Inf are written as null and read back as NaN) and throws
     // CorruptData naming the field on anything else.
@@ -252,6 +295,18 @@ struct TrainReport {
 struct Prediction {
     std::int32_t label = 0;
     float probability = 0.0f;
+    // A calibrated head (TrainReport::calibration): the best class's score (Unknown) is below
+    // the threshold; label is then unknown_label, probability the best class's, and predict
+    // returns this one entry.
+    bool unknown = false;
+    static constexpr std::int32_t unknown_label = -1;
+};
+
+// A 1:1 check of an input against one class (Personalizer::verify).
+struct Verification {
+    float score = 0.0f;      // cosine to the class prototype, in [-1, 1]
+    float threshold = 0.0f;  // the calibrated threshold
+    bool accept = false;     // score >= threshold
 };
 
 // Weights an app ships for its head (a keyboard's output layer, a vendor's base classes with
@@ -323,8 +378,12 @@ public:
     std::vector<std::int64_t> add(std::span<const Sample> samples,
                                   std::string_view idempotency_key);
 
-    // Top-k labels with probabilities, best first, from the last committed head.
+    // Top-k labels with probabilities, best first, from the last committed head; a calibrated
+    // head answers one `unknown` Prediction when the best class does not reach its threshold.
     std::vector<Prediction> predict(const Sample& input, int k = 1) const;
+    // Score and accept/reject of `input` as class `label`, at the committed head's calibrated
+    // threshold. Throws InvalidArgument for an unknown label or an uncalibrated head.
+    Verification verify(const Sample& input, std::int32_t label) const;
     // Regression heads: the predicted target [W].
     std::vector<float> regress(const Sample& input) const;
     // Loss and accuracy of the committed head on the given (labelled) samples.
@@ -338,6 +397,21 @@ public:
     // retrains from the base checkpoint on what remains (exact unlearning) with `retrain`.
     // Ids that are not stored are skipped and listed in the report's not_found.
     TrainReport forget(std::span<const std::int64_t> ids, const TrainOptions& retrain = {});
+
+    // --- classes (classification heads; InvalidArgument for a regression head) ---
+    // Labels are dense, 0 .. C-1 (SampleStore::classes); HeadSpec's outputs are the initial C.
+    // Adds a class named `name` and returns its label; the served head gets a column that is
+    // never predicted until the class is trained on, when it starts at the class's prototype,
+    // scaled like the trained columns (linear and prototype heads; mlp: trained from zero).
+    // Throws InvalidArgument for an empty, bad or taken name; nothing changes then.
+    std::int32_t add_class(std::string_view name);
+    void rename_class(std::int32_t label, std::string_view name);
+    std::vector<ClassInfo> classes() const;
+    // Exact unlearning of a whole class: its samples and features are erased (durably, as
+    // forget), the labels above it shift down by one, and the head is retrained from the base
+    // without its column. A class added at run time, then removed, leaves the same head bytes
+    // as never adding it. Throws InvalidArgument for an unknown label or the last class.
+    TrainReport remove_class(std::int32_t label, const TrainOptions& retrain = {});
 
     std::int64_t sample_count() const;
     std::vector<std::int64_t> count_per_label() const;

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <numeric>
 
+#include "detail/calibration.hpp"
 #include "detail/head.hpp"
 #include "detail/head_checkpoint.hpp"
 #include "detail/training.hpp"
@@ -79,9 +80,17 @@ struct Personalizer::Impl {
 
     mutable std::mutex head_mu;
     std::shared_ptr<Head> committed;  // immutable once published
+    // The committed head's "unknown" threshold (TrainReport::calibration), if it has one, and
+    // the class prototypes [C x F] its scores are taken against (detail/calibration.hpp): the
+    // trained-on samples' as of the commit; after a reopen, the stored non-validation samples'.
+    std::optional<Calibration> calibration;
+    Matrix prototypes;
 
     std::mutex train_mu;
     std::optional<TrainReport> upgrade_report;
+    // Classification heads: the live number of classes (the store's classes table); the spec's
+    // outputs are the initial number. Changed under store_mu.
+    std::atomic<std::int64_t> live_classes{0};
 
     Impl(std::string p, PersonalizerOptions o, StoreOptions so, SampleStore s)
         : path(std::move(p)),
@@ -89,10 +98,17 @@ struct Personalizer::Impl {
           store_options(so),
           digest(options.backbone->digest()),
           feature_key(options.backbone->feature_key()),
-          store(std::move(s)) {}
+          store(std::move(s)) {
+        live_classes = store.label_spec().size;
+    }
 
     const Backbone& backbone() const { return *options.backbone; }
-    const HeadSpec& spec() const { return options.head; }
+    // The head spec with the live number of classes.
+    HeadSpec spec() const {
+        HeadSpec h = options.head;
+        if (h.classifies()) h.outputs = live_classes.load();
+        return h;
+    }
 
     std::shared_ptr<Head> new_head(std::uint64_t seed) const {
         Rng rng(seed);
@@ -102,6 +118,56 @@ struct Personalizer::Impl {
     std::shared_ptr<Head> current_head() const {
         std::lock_guard lock(head_mu);
         return committed;
+    }
+
+    // The calibration and its prototypes, copied under the lock.
+    std::optional<Calibration> current_calibration(Matrix& protos) const {
+        std::lock_guard lock(head_mu);
+        if (calibration) protos = prototypes;
+        return calibration;
+    }
+
+    void publish_calibration(std::optional<Calibration> c, Matrix protos = {}) {
+        std::lock_guard lock(head_mu);
+        calibration = c;
+        prototypes = std::move(protos);
+    }
+
+    // Prototypes of every non-validation sample stored (a reopened calibrated head).
+    Matrix stored_prototypes(const SampleStore& st) const {
+        const Dataset d = load_dataset(st);
+        std::vector<std::size_t> rows;
+        for (std::size_t i = 0; i < d.ids.size(); ++i)
+            if (!d.validation[i]) rows.push_back(i);
+        return detail::class_prototypes(d, rows, spec().outputs);
+    }
+
+    void publish_stored_calibration(const SampleStore& st) {
+        const auto c = calibration_of(current_checkpoint(st));
+        publish_calibration(c, c ? stored_prototypes(st) : Matrix());
+    }
+
+    // The calibration recorded with a checkpoint (its metrics are a TrainReport's JSON).
+    static std::optional<Calibration> calibration_of(const StoredCheckpoint& c) {
+        if (c.info.metrics.find("\"calibration\"") == std::string::npos) return std::nullopt;
+        return TrainReport::from_json(c.info.metrics).calibration;
+    }
+
+    // With opts.unknown: prototypes of the training rows, scores of the validation rows
+    // against them, the threshold into the report.
+    static void calibrate_unknown(TrainReport& report, Matrix& protos, const Dataset& d,
+                                  const detail::RowSelection& rows, const Unknown& u,
+                                  Index classes) {
+        if (u.kind == Unknown::Kind::off) return;
+        protos = detail::class_prototypes(d, rows.train, classes);
+        Matrix x(static_cast<Index>(rows.validation.size()), d.features.cols());
+        IdList y;
+        for (std::size_t i = 0; i < rows.validation.size(); ++i) {
+            x.row(static_cast<Index>(i)) = d.features.row(static_cast<Index>(rows.validation[i]));
+            y.push_back(d.labels[rows.validation[i]]);
+        }
+        report.calibration =
+            detail::calibrate(detail::cosine_scores(x, protos), y, u, report.calibration_note);
     }
 
     // --- checkpoints ---
@@ -119,7 +185,13 @@ struct Personalizer::Impl {
     }
 
     HeadState decode(const StoredCheckpoint& stored) const {
-        detail::HeadCheckpoint c = detail::decode_head_checkpoint(stored.payload, spec().outputs);
+        const HeadSpec h = spec();
+        detail::HeadCheckpoint c = detail::decode_head_checkpoint(stored.payload, h.outputs);
+        // A checkpoint from before an add_class: the new classes' columns are added here.
+        if (h.classifies()) {
+            grow_classes(c.tensors, h, h.outputs);
+            grow_classes(c.optimizer, h.outputs);
+        }
         HeadState s{.head = new_head(0),
                     .optimizer = std::move(c.optimizer),
                     .step = c.step,
@@ -160,6 +232,40 @@ struct Personalizer::Impl {
             payload);
     }
 
+    // The base head without class `label` (its column and seen entry dropped), saved as the
+    // new base checkpoint; returns it. Run inside remove_class's transaction.
+    std::shared_ptr<Head> save_base_without(SampleStore& st, std::int32_t label) {
+        HeadState base = load_base(st);
+        auto tensors = base.head->tensors();
+        drop_class(tensors, label);
+        base.seen.erase(base.seen.begin() + label);
+        HeadSpec h = spec();
+        h.outputs -= 1;
+        Rng unused(0);
+        auto head = std::make_shared<Head>(h, backbone().feature_dim(), unused);
+        head->load(tensors);
+        const auto payload = encode(*head, {}, 0, base.seen, Rng(options.seed), "{}");
+        st.save_checkpoint(
+            {.kind = CheckpointKind::base, .step = 0, .backbone_digest = digest, .metrics = "{}"},
+            payload);
+        return head;
+    }
+
+    // A retrain from base that an erasure owes; on a full disk it may use the reserve, once.
+    TrainReport retrain_owed(const TrainOptions& retrain) {
+        try {
+            return run(retrain, Mode::from_base);
+        } catch (const DiskFull&) {
+            bool released = false;
+            {
+                std::lock_guard lock(store_mu);
+                released = store.release_reserve();
+            }
+            if (!released) throw;
+            return run(retrain, Mode::from_base);
+        }
+    }
+
     void publish(std::shared_ptr<Head> head) {
         std::lock_guard lock(head_mu);
         committed = std::move(head);
@@ -191,6 +297,7 @@ struct Personalizer::Impl {
         SampleStore st;
         Mode mode;
         TrainReport report{};
+        Matrix prototypes{};  // with a calibration: what its scores were taken against
         std::chrono::milliseconds elapsed() const {
             return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
         }
@@ -214,6 +321,7 @@ struct Personalizer::Impl {
 // Reads the store, then: rows, loss, epochs, decision (detail/training.hpp), then applies it.
 TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     detail::validate_train_options(opts);
+    detail::check_unknown(opts.unknown);
     // The run's own connection: the app's connection stays free for add() and predict().
     // It never recreates a released reserve: on a full disk that room is what this run needs.
     StoreOptions run_options = store_options;
@@ -249,11 +357,18 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     Head& head = *state.head;
     if (!rows.validation.empty())
         r.report.before = detail::evaluate_rows(head, data, rows.validation);
+    // Few-shot classes with no held-out sample (judged on their shots by the decision).
+    const std::vector<std::size_t> shots =
+        spec().classifies() ? detail::unvalidated_rows(data, rows) : std::vector<std::size_t>{};
+    std::optional<Metrics> shots_before;
+    if (!shots.empty()) shots_before = detail::evaluate_rows(head, data, shots);
     const detail::LossTerms terms =
         detail::prepare_loss(head, state.seen, data, rows.train, opts, *base.head);
     // Optimizer: continue its state when the kind matches (incremental updates), else fresh.
     detail::TrainLoop loop =
         detail::start_loop(head, opts, from_base ? nullptr : &state.optimizer, rng, rows.train);
+    loop.is_new.assign(data.ids.size(), false);
+    for (std::size_t i = 0; i < data.ids.size(); ++i) loop.is_new[i] = data.ids[i] > trained_upto;
     const detail::LoopStop stop =
         detail::run_epochs(loop, head, data, terms, opts, opts.epochs, r.start, state.step);
     r.report.steps = loop.steps;
@@ -271,6 +386,9 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
                            .before = r.report.before};
     if (facts.healthy() && !rows.validation.empty())
         facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
+    facts.shots_before = shots_before;
+    if (facts.healthy() && shots_before)
+        facts.shots_after = detail::evaluate_rows(head, data, shots);
     // A backbone upgrade's retrain must do as well as the previous backbone's head on the same
     // validation samples; until it does, that head stays the committed one.
     if (from_base && facts.after)
@@ -283,6 +401,9 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         decision.reason += "; the backbone upgrade is undone";
         detail::revert_upgrade(st, digest);
     }
+    if (decision.action == detail::Action::commit_trained)
+        if (spec().classifies())
+            calibrate_unknown(r.report, r.prototypes, data, rows, opts.unknown, spec().outputs);
     return apply(r, decision, base,
                  {.state = &state,
                   .optimizer = optimizer_state,
@@ -345,6 +466,7 @@ TrainReport Personalizer::Impl::commit(Run& r, const HeadState& s,
         tx.commit();
     }
     publish(s.head);
+    publish_calibration(r.report.calibration, r.prototypes);
     return r.report;
 }
 
@@ -393,6 +515,7 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         // never a head that still holds what was forgotten.
         const bool owed = !m.store.get_meta(meta_retrain_pending).value_or("").empty();
         m.publish(owed ? m.load_base(m.store).head : m.load_current(m.store).head);
+        if (!owed) m.publish_stored_calibration(m.store);
         return std::unique_ptr<Personalizer>(new Personalizer(std::move(impl)));
     }
     if (!stored_digest) {
@@ -436,6 +559,7 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         if (*pending == "upgrade") m.upgrade_report = std::move(report);
     }
     m.publish(m.load_current(m.store).head);
+    m.publish_stored_calibration(m.store);
     return std::unique_ptr<Personalizer>(new Personalizer(std::move(impl)));
 }
 
@@ -488,6 +612,14 @@ std::vector<Prediction> Personalizer::predict(const Sample& input, int k) const 
     const float mx = logits.maxCoeff();
     const Eigen::RowVectorXf p = (logits.row(0).array() - mx).exp().matrix();
     const float total = p.sum();
+    Matrix protos;
+    if (const auto c = impl_->current_calibration(protos)) {
+        Index top = 0;
+        const float best = p.maxCoeff(&top) / total;
+        if (top < protos.rows() &&
+            detail::cosine_scores(f, protos)(0, top) < static_cast<float>(c->threshold))
+            return {{.label = Prediction::unknown_label, .probability = best, .unknown = true}};
+    }
     std::vector<Prediction> out;
     for (Index c = 0; c < p.size(); ++c)
         out.push_back({static_cast<std::int32_t>(c), p[c] / total});
@@ -499,6 +631,25 @@ std::vector<Prediction> Personalizer::predict(const Sample& input, int k) const 
                       });
     out.resize(top);
     return out;
+}
+
+Verification Personalizer::verify(const Sample& input, std::int32_t label) const {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
+    if (!impl_->spec().classifies()) fail("verify", "a regression head: use regress()");
+    Matrix protos;
+    const auto c = impl_->current_calibration(protos);
+    if (!c)
+        fail("verify",
+             "the head has no calibrated threshold: train with TrainOptions::unknown (the "
+             "report says when there was too little held-out data)");
+    const Matrix f = impl_->backbone().features(std::span<const Sample>(&input, 1));
+    const Matrix scores = detail::cosine_scores(f, protos);
+    if (label < 0 || label >= scores.cols())
+        fail("verify", "label " + std::to_string(label) + " out of range for " +
+                           std::to_string(scores.cols()) + " classes");
+    const float score = scores(0, label);
+    const auto threshold = static_cast<float>(c->threshold);
+    return {.score = score, .threshold = threshold, .accept = score >= threshold};
 }
 
 std::vector<float> Personalizer::regress(const Sample& input) const {
@@ -527,6 +678,7 @@ TrainReport Personalizer::train(const TrainOptions& options) {
 TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainOptions& retrain) {
     const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     detail::validate_train_options(retrain);
+    detail::check_unknown(retrain.unknown);
     std::lock_guard train_lock(impl_->train_mu);
     bool used = false;
     std::vector<std::int64_t> not_found;
@@ -547,24 +699,69 @@ TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainO
     }
     TrainReport report;
     if (used) {
-        try {
-            report = impl_->run(retrain, Impl::Mode::from_base);
-        } catch (const DiskFull&) {
-            // The erasure is committed; the retrain it owes needs room too: the reserve, once.
-            bool released = false;
-            {
-                std::lock_guard lock(impl_->store_mu);
-                released = impl_->store.release_reserve();
-            }
-            if (!released) throw;
-            report = impl_->run(retrain, Impl::Mode::from_base);
-        }
+        // The erasure is committed; the retrain it owes needs room too: the reserve, once.
+        report = impl_->retrain_owed(retrain);
     } else {
         report.outcome = TrainReport::Outcome::nothing_to_do;
         report.reason = "none of the forgotten samples had been trained on";
     }
     report.not_found = std::move(not_found);
     return report;
+}
+
+// ---- classes ----------------------------------------------------------------------------
+
+std::int32_t Personalizer::add_class(std::string_view name) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
+    if (!impl_->spec().classifies()) fail("Personalizer.add_class", "a regression head");
+    std::lock_guard lock(impl_->store_mu);
+    const std::int32_t label = impl_->store.add_class(name);
+    impl_->live_classes = impl_->store.label_spec().size;
+    // The served head gets the class's column now; its prototype comes with the next train().
+    auto tensors = impl_->current_head()->tensors();
+    const HeadSpec h = impl_->spec();
+    grow_classes(tensors, h, h.outputs);
+    auto head = impl_->new_head(0);
+    head->load(tensors);
+    impl_->publish(std::move(head));
+    return label;
+}
+
+void Personalizer::rename_class(std::int32_t label, std::string_view name) {
+    if (!impl_->spec().classifies()) fail("Personalizer.rename_class", "a regression head");
+    std::lock_guard lock(impl_->store_mu);
+    impl_->store.rename_class(label, name);
+}
+
+std::vector<ClassInfo> Personalizer::classes() const {
+    if (!impl_->spec().classifies()) fail("Personalizer.classes", "a regression head");
+    std::lock_guard lock(impl_->store_mu);
+    return impl_->store.classes();
+}
+
+TrainReport Personalizer::remove_class(std::int32_t label, const TrainOptions& retrain) {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
+    if (!impl_->spec().classifies()) fail("Personalizer.remove_class", "a regression head");
+    detail::validate_train_options(retrain);
+    detail::check_unknown(retrain.unknown);
+    std::lock_guard train_lock(impl_->train_mu);
+    {
+        std::lock_guard lock(impl_->store_mu);
+        SampleStore& st = impl_->store;
+        // One durable transaction: samples, features, the class, shifted labels, a base without
+        // the class's column, no trained checkpoint (they hold the class), the retrain owed.
+        const std::vector<std::pair<std::string, std::string>> debt{
+            {meta_retrain_pending, "forget"}};
+        std::shared_ptr<Head> base;
+        st.remove_class(label, debt, [&] {
+            base = impl_->save_base_without(st, label);
+            st.prune_checkpoints(0);
+        });
+        impl_->live_classes = st.label_spec().size;
+        impl_->publish(std::move(base));           // serves no trace of the class meanwhile
+        impl_->publish_calibration(std::nullopt);  // its prototypes name the old labels
+    }
+    return impl_->retrain_owed(retrain);
 }
 
 std::int64_t Personalizer::sample_count() const {

@@ -46,6 +46,17 @@ Metrics metrics_from(const Json& o, const char* key) {
             .samples = integer(o, "samples", 0, std::int64_t{1} << 53)};
 }
 
+Calibration calibration_from(const Json& o) {
+    if (o.kind != Json::Kind::object) bad("\"calibration\" is not an object");
+    constexpr std::int64_t big = std::int64_t{1} << 53;
+    return {.threshold = number(member(o, "threshold"), "threshold"),
+            .far = number(member(o, "far"), "far"),
+            .frr = number(member(o, "frr"), "frr"),
+            .eer = number(member(o, "eer"), "eer"),
+            .genuine = integer(o, "genuine", 0, big),
+            .impostor = integer(o, "impostor", 0, big)};
+}
+
 }  // namespace
 
 std::string detail::metrics_json(const Metrics& m) {
@@ -65,6 +76,14 @@ std::string TrainReport::to_json() const {
                     ",\"loss_curve\":[" + curve + "]";
     if (before) s += ",\"before\":" + detail::metrics_json(*before);
     if (after) s += ",\"after\":" + detail::metrics_json(*after);
+    if (calibration)
+        s += ",\"calibration\":{\"threshold\":" + json_number(calibration->threshold) +
+             ",\"far\":" + json_number(calibration->far) +
+             ",\"frr\":" + json_number(calibration->frr) +
+             ",\"eer\":" + json_number(calibration->eer) +
+             ",\"genuine\":" + std::to_string(calibration->genuine) +
+             ",\"impostor\":" + std::to_string(calibration->impostor) + "}";
+    if (!calibration_note.empty()) s += ",\"calibration_note\":" + json_string(calibration_note);
     s += ",\"duration_ms\":" + std::to_string(duration.count()) +
          ",\"retrained_from_base\":" + (retrained_from_base ? "true" : "false") + "}";
     return s;
@@ -96,6 +115,11 @@ TrainReport TrainReport::from_json(std::string_view json) {
         r.loss_curve.push_back(static_cast<float>(number(v, "loss_curve")));
     if (const Json* b = o.find("before")) r.before = metrics_from(*b, "before");
     if (const Json* a = o.find("after")) r.after = metrics_from(*a, "after");
+    if (const Json* c = o.find("calibration")) r.calibration = calibration_from(*c);
+    if (const Json* n = o.find("calibration_note")) {
+        if (n->kind != Json::Kind::string) bad("\"calibration_note\" is not a string");
+        r.calibration_note = n->string;
+    }
     r.duration = std::chrono::milliseconds(integer(o, "duration_ms", 0, big));
     const Json& base = member(o, "retrained_from_base");
     if (base.kind != Json::Kind::boolean) bad("\"retrained_from_base\" is not true or false");

@@ -1,6 +1,7 @@
 // rows.cpp — which rows a training run holds out and which it trains on: the content-hashed
 // validation split and the replay draw of older samples (detail/training.hpp).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "detail/training.hpp"
@@ -89,6 +90,43 @@ RowSelection select_rows(const Dataset& d, const HeadSpec& spec, std::int64_t tr
     // are stored, never on their id values.
     std::sort(s.train.begin(), s.train.end());
     return s;
+}
+
+std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows) {
+    std::vector<bool> held_out;
+    for (std::size_t r : rows.validation) {
+        const auto c = static_cast<std::size_t>(d.labels[r]);
+        if (held_out.size() <= c) held_out.resize(c + 1, false);
+        held_out[c] = true;
+    }
+    std::vector<std::size_t> out;
+    for (std::size_t r : rows.train) {
+        const auto c = static_cast<std::size_t>(d.labels[r]);
+        if (c >= held_out.size() || !held_out[c]) out.push_back(r);
+    }
+    return out;
+}
+
+std::vector<std::size_t> mix_new_rows(const std::vector<std::size_t>& order,
+                                      const std::vector<bool>& is_new, std::size_t batch,
+                                      float share) {
+    std::vector<std::size_t> fresh, old;
+    for (std::size_t r : order) (is_new[r] ? fresh : old).push_back(r);
+    const auto per_batch = std::min<std::size_t>(
+        batch - 1, static_cast<std::size_t>(std::ceil(share * static_cast<float>(batch))));
+    if (fresh.empty() || old.empty() || per_batch == 0 ||
+        static_cast<double>(fresh.size()) >= share * static_cast<double>(order.size()))
+        return order;
+    const std::size_t old_per_batch = batch - per_batch;
+    std::vector<std::size_t> out;
+    std::size_t next_new = 0;
+    for (std::size_t at = 0; at < old.size(); at += old_per_batch) {
+        for (std::size_t k = 0; k < per_batch; ++k) out.push_back(fresh[next_new++ % fresh.size()]);
+        const std::size_t len = std::min(old_per_batch, old.size() - at);
+        out.insert(out.end(), old.begin() + static_cast<std::ptrdiff_t>(at),
+                   old.begin() + static_cast<std::ptrdiff_t>(at + len));
+    }
+    return out;
 }
 
 }  // namespace edgetune::detail

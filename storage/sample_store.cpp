@@ -52,9 +52,14 @@ void migrate_to_v2(Db& db) {
     db.exec(sql::schema_v2, "sample_store.migrate_to_v2");
 }
 
+// The classes table; migrate() fills it with the declared classes.
+void migrate_to_v3(Db& db) {
+    db.exec(sql::schema_v3, "sample_store.migrate_to_v3");
+}
+
 // migrations[v] brings a store from user_version v to v + 1.
 using Migration = void (*)(Db&);
-constexpr Migration migrations[] = {&migrate_to_v1, &migrate_to_v2};
+constexpr Migration migrations[] = {&migrate_to_v1, &migrate_to_v2, &migrate_to_v3};
 constexpr int schema_version = static_cast<int>(std::size(migrations));
 
 // Keys of `meta` that belong to the store itself.
@@ -407,10 +412,21 @@ void migrate(Db& db, const StoreOptions& o, std::string_view op) {
     if (from >= schema_version) return;  // nothing to do; the guard ends the transaction
     // NOTE: user_version is any int32 a file holds; migrations[from] must not index with it.
     if (from < 0) throw StorageError(fmt::format("[{}] schema version {} is not valid", op, from));
+    // A file declared otherwise is left as it is; open() then names both declarations.
+    if (from > 0 && meta_value(db, key_declaration, op) != describe(o.input, o.label)) return;
     for (int v = from; v < schema_version; ++v) migrations[v](db);
     if (from == 0) {
         put_meta(db, key_declaration, describe(o.input, o.label), op);
         put_meta(db, key_offered, "0", op);
+    }
+    // v3: the declared classes become named data, "0" .. "C-1".
+    if (from < 3 && o.label.kind == LabelSpec::Kind::classes) {
+        Stmt st(db, sql::insert_class, op);
+        const std::int64_t now = now_ms();
+        for (std::int64_t c = 0; c < o.label.size; ++c) {
+            st.bind(1, c).bind(2, std::to_string(c)).bind(3, now).run();
+            st.reset();
+        }
     }
     db.exec(sql::set_user_version_prefix + std::to_string(schema_version), op);
     tx.commit();
@@ -604,6 +620,10 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
     if (*declared != wanted)
         throw InvalidArgument(
             fmt::format("[{}] the store was created for {}; opened as {}", op, *declared, wanted));
+    // From here on options.label.size of a classes store is the live class count (the
+    // declaration keeps the initial one): labels are validated against it.
+    if (options.label.kind == LabelSpec::Kind::classes)
+        impl->options.label.size = scalar(db, sql::count_classes, op);
     if (!options.read_only) ensure_reserve(path, options.reserve_bytes);
     if (options.max_pages > 0)
         db.exec(sql::max_page_count_prefix + std::to_string(options.max_pages), op);
@@ -835,7 +855,12 @@ std::int64_t SampleStore::delete_ids(std::span<const std::int64_t> ids) {
 
 std::int64_t SampleStore::erase_ids(std::span<const std::int64_t> ids,
                                     std::span<const std::pair<std::string, std::string>> meta) {
-    constexpr std::string_view op = "sample_store.erase_ids";
+    return erase(ids, meta, "sample_store.erase_ids", {});
+}
+
+std::int64_t SampleStore::erase(std::span<const std::int64_t> ids,
+                                std::span<const std::pair<std::string, std::string>> meta,
+                                std::string_view op, const std::function<void()>& also) {
     Db& db = impl_->db;
     if (db.depth() != 0)
         throw InvalidArgument(fmt::format("[{}] must not run inside a transaction", op));
@@ -848,6 +873,7 @@ std::int64_t SampleStore::erase_ids(std::span<const std::int64_t> ids,
         TxGuard tx(db, op);
         const std::int64_t deleted = delete_ids(ids);
         for (const auto& [key, value] : meta) put_meta(db, key, value, op);
+        if (also) also();
         tx.commit();
         return deleted;
     };
@@ -871,6 +897,118 @@ std::int64_t SampleStore::erase_ids(std::span<const std::int64_t> ids,
         db.checkpoint_truncate(op);
     }
     return deleted;
+}
+
+// --- classes -----------------------------------------------------------------------------------
+
+namespace {
+
+// Throws InvalidArgument unless `name` is 1..256 bytes of UTF-8 without control characters.
+void check_class_name(std::string_view name, std::string_view op) {
+    const auto bad = [&](std::string_view why) {
+        throw InvalidArgument(fmt::format("[{}] class name '{}' {}", op, name, why));
+    };
+    if (name.empty()) bad("is empty");
+    if (name.size() > 256) bad(fmt::format("is {} bytes; at most 256", name.size()));
+    for (std::size_t i = 0; i < name.size();) {
+        const auto b = static_cast<unsigned char>(name[i]);
+        const std::size_t len = b < 0x80         ? 1
+                                : (b >> 5) == 6  ? 2
+                                : (b >> 4) == 14 ? 3
+                                : (b >> 3) == 30 ? 4
+                                                 : 0;
+        if (len == 0 || i + len > name.size()) bad("is not UTF-8");
+        for (std::size_t k = 1; k < len; ++k)
+            if ((static_cast<unsigned char>(name[i + k]) >> 6) != 2) bad("is not UTF-8");
+        if (len == 1 && (b < 0x20 || b == 0x7f)) bad("holds a control character");
+        i += len;
+    }
+}
+
+}  // namespace
+
+void SampleStore::check_classes_store(std::string_view op) const {
+    if (impl_->options.label.kind != LabelSpec::Kind::classes)
+        throw InvalidArgument(fmt::format("[{}] needs a classes store", op));
+}
+
+void SampleStore::check_label(std::int32_t label, std::string_view op) const {
+    if (label < 0 || label >= impl_->options.label.size)
+        throw InvalidArgument(fmt::format("[{}] no class with label {} (the store has {} classes)",
+                                          op, label, impl_->options.label.size));
+}
+
+std::vector<ClassInfo> SampleStore::classes() const {
+    constexpr std::string_view op = "sample_store.classes";
+    check_classes_store(op);
+    std::vector<ClassInfo> out;
+    Stmt st(impl_->db, sql::select_classes, op);
+    while (st.step())
+        out.push_back({.label = static_cast<std::int32_t>(st.int64(0)),
+                       .name = st.text(1),
+                       .created_at = st.int64(2),
+                       .samples = st.int64(3)});
+    return out;
+}
+
+std::optional<std::int32_t> SampleStore::find_class(std::string_view name) const {
+    check_classes_store("sample_store.find_class");
+    Stmt st(impl_->db, sql::select_class_by_name, "sample_store.find_class");
+    st.bind(1, name);
+    if (!st.step()) return std::nullopt;
+    return static_cast<std::int32_t>(st.int64(0));
+}
+
+std::int32_t SampleStore::add_class(std::string_view name) {
+    constexpr std::string_view op = "sample_store.add_class";
+    check_classes_store(op);
+    check_class_name(name, op);
+    if (find_class(name))
+        throw InvalidArgument(fmt::format("[{}] class name '{}' is taken", op, name));
+    const std::int64_t label = impl_->options.label.size;
+    if (label >= INT32_MAX) throw InvalidArgument(fmt::format("[{}] too many classes", op));
+    Stmt(impl_->db, sql::insert_class, op).bind(1, label).bind(2, name).bind(3, now_ms()).run();
+    impl_->options.label.size = label + 1;
+    return static_cast<std::int32_t>(label);
+}
+
+void SampleStore::rename_class(std::int32_t label, std::string_view name) {
+    constexpr std::string_view op = "sample_store.rename_class";
+    check_classes_store(op);
+    check_label(label, op);
+    check_class_name(name, op);
+    if (const auto other = find_class(name); other && *other != label)
+        throw InvalidArgument(fmt::format("[{}] class name '{}' is taken", op, name));
+    Stmt(impl_->db, sql::rename_class, op)
+        .bind(1, static_cast<std::int64_t>(label))
+        .bind(2, name)
+        .run();
+}
+
+std::int64_t SampleStore::remove_class(std::int32_t label,
+                                       std::span<const std::pair<std::string, std::string>> meta,
+                                       const std::function<void()>& also) {
+    constexpr std::string_view op = "sample_store.remove_class";
+    check_classes_store(op);
+    check_label(label, op);
+    if (impl_->options.label.size == 1)
+        throw InvalidArgument(fmt::format("[{}] class {} is the last class", op, label));
+    std::vector<std::int64_t> ids;
+    {
+        Stmt st(impl_->db, sql::select_ids_of_label, op);
+        st.bind(1, static_cast<std::int64_t>(label));
+        ids = collect_ids(st);
+    }
+    const std::int64_t erased = erase(ids, meta, op, [&] {
+        Db& db = impl_->db;
+        const auto l = static_cast<std::int64_t>(label);
+        Stmt(db, sql::delete_class, op).bind(1, l).run();
+        Stmt(db, sql::shift_class_labels, op).bind(1, l).run();
+        Stmt(db, sql::shift_sample_labels, op).bind(1, l).run();
+        if (also) also();
+    });
+    impl_->options.label.size = scalar(impl_->db, sql::count_classes, op);
+    return erased;
 }
 
 bool SampleStore::release_reserve() {

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -192,6 +193,16 @@ struct StoredCheckpoint {
     std::vector<std::uint8_t> payload{};  // usually encode_checkpoint() bytes
 };
 
+// One class of a classes store (schema v3). Labels are dense: the classes are 0 .. C-1, and
+// removing class L shifts every label above L down by one (in the samples too), so a label is
+// always a head column; the name is what identifies a class across removals.
+struct ClassInfo {
+    std::int32_t label = 0;
+    std::string name{};           // unique, UTF-8, 1 to 256 bytes, no control characters
+    std::int64_t created_at = 0;  // unix ms
+    std::int64_t samples = 0;     // stored samples with this label
+};
+
 // One entry of the training log.
 struct RunRecord {
     std::int64_t id = 0;
@@ -319,6 +330,27 @@ public:
     // Deletes samples with created_at < cutoff (unix ms); returns how many.
     std::int64_t delete_older_than(std::int64_t cutoff_ms);
 
+    // --- classes (classes stores only; InvalidArgument otherwise) ---
+    // label_spec().size is the live number of classes C; samples need a label in [0, C).
+    // By label.
+    std::vector<ClassInfo> classes() const;
+    // Adds class C with this name and returns its label C. Throws InvalidArgument naming the
+    // name if it is empty, longer than 256 bytes, not UTF-8, holds a control character or is
+    // taken; nothing is written then.
+    std::int32_t add_class(std::string_view name);
+    // Throws InvalidArgument for an unknown label or a bad or taken name (as add_class).
+    void rename_class(std::int32_t label, std::string_view name);
+    // The label of the class with this name, if there is one.
+    std::optional<std::int32_t> find_class(std::string_view name) const;
+    // Erases the class: its samples with their features (durably, as erase_ids), the class
+    // itself, shifts the labels above it down by one, writes `meta`, and runs `also` (further
+    // writes through this store, e.g. rewritten checkpoints) all in the erasure's transaction.
+    // Returns how many samples were erased. Throws InvalidArgument for an unknown label or if
+    // it is the last class (nothing changes). Not inside a Transaction.
+    std::int64_t remove_class(std::int32_t label,
+                              std::span<const std::pair<std::string, std::string>> meta = {},
+                              const std::function<void()>& also = {});
+
     // --- feature cache: one row per (sample, backbone digest) ---
     // values [ids.size() x F], finite; replaces existing rows; one transaction. Throws
     // InvalidArgument for an unknown sample id or an F that differs from the digest's rows.
@@ -363,6 +395,12 @@ public:
 private:
     friend class SampleCursor;
     struct Impl;
+    // erase_ids and remove_class: deletes, writes meta, runs `also`, then scrubs the -wal.
+    std::int64_t erase(std::span<const std::int64_t> ids,
+                       std::span<const std::pair<std::string, std::string>> meta,
+                       std::string_view op, const std::function<void()>& also);
+    void check_classes_store(std::string_view op) const;
+    void check_label(std::int32_t label, std::string_view op) const;
     explicit SampleStore(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };

@@ -440,6 +440,27 @@ std::vector<Scenario> personalizer_scenarios() {
                            return "retrain still owed after open";
                        return "";
                    }});
+    out.push_back({"remove_class", trained_store,
+                   [](const std::string& db, Durability d) {
+                       Personalizer::open(db, popts(d, shared_backbone(0)))->remove_class(1, quick);
+                   },
+                   [](const std::string& db, Durability d, bool acked) -> std::string {
+                       const std::int64_t n = stored_count(db);
+                       // Samples 1, 5, ..., 17 are class 1: all of them, or none, remain.
+                       if (n != 20 && n != 15) return "partly removed: " + std::to_string(n);
+                       // An acknowledged removal is durable in both modes, and leaves no trace.
+                       if (acked && n != 15)
+                           return d == Durability::full ? "lost" : "removed class came back";
+                       if (n == 15 && traces(db, sample(5).input) != "") return "traces left";
+                       auto p = Personalizer::open(db, popts(d, shared_backbone(0)));
+                       if (p->classes().size() != (n == 15 ? 3u : 4u)) return "class table";
+                       if (p->head_parameters().back().second.cols() !=
+                           static_cast<Index>(p->classes().size()))
+                           return "head columns";
+                       if (!p->store().get_meta("personalize.retrain_pending").value_or("").empty())
+                           return "retrain still owed after open";
+                       return "";
+                   }});
     out.push_back({"upgrade", trained_store,
                    [](const std::string& db, Durability d) {
                        PersonalizerOptions o = popts(d, shared_backbone(1));
@@ -479,7 +500,9 @@ std::vector<Scenario> personalizer_scenarios() {
 
 }  // namespace
 
-TEST_CASE("power loss at every write point of add, add_batch, train, forget, upgrade, migration") {
+TEST_CASE(
+    "power loss at every write point of add, add_batch, train, forget, remove_class, upgrade, "
+    "migration") {
     CutCounts all;
     for (const Scenario& s : personalizer_scenarios())
         for (Durability d : {Durability::normal, Durability::full}) {

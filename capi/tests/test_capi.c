@@ -785,6 +785,64 @@ typedef struct {
     int threads; /* starts a thread: native runs only */
 } test_case;
 
+static void test_classes_and_verify(void) {
+    et_backbone* bb = load_backbone("floats.etb");
+    et_personalizer* p = open_with_samples("classes.db", bb, 40);
+    et_train_options t;
+    et_train_report r;
+    et_calibration c;
+    et_prediction top[4];
+    char name[16];
+    size_t n = 0, len = 0;
+    int32_t label = -7, accept = -1;
+    float score = 0.0f;
+    const float q[4] = {0, 2.1f, 0, 0};
+    et_error* err = NULL;
+    OK(et_class_add(p, "Zoë", &label, &err_));
+    CHECK(label == 3);
+    FAILS(ET_ERR_INVALID_ARGUMENT, "'Zoë' is taken", et_class_add(p, "Zoë", &label, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "is empty", et_class_add(p, "", &label, &err));
+    OK(et_class_name(p, 3, NULL, 0, &len, &err_));
+    CHECK(len == 4); /* UTF-8 bytes */
+    FAILS(ET_ERR_BUFFER_TOO_SMALL, "5 needed", et_class_name(p, 3, name, 4, &len, &err));
+    OK(et_class_name(p, 3, name, sizeof name, &len, &err_));
+    CHECK(strcmp(name, "Zoë") == 0);
+    OK(et_class_rename(p, 3, "zoe", &err_));
+    OK(et_class_name(p, 3, name, sizeof name, &len, &err_));
+    CHECK(strcmp(name, "zoe") == 0);
+    FAILS(ET_ERR_INVALID_ARGUMENT, "no class with label 9",
+          et_class_name(p, 9, name, 16, &len, &err));
+    OK(et_predict_floats(p, q, 4, 4, top, 4, &n, &err_));
+    CHECK(n == 4); /* the head grew a column */
+    /* verify needs a calibration; a FAR outside (0, 1) is refused. */
+    FAILS(ET_ERR_INVALID_ARGUMENT, "no calibrated threshold",
+          et_verify_floats(p, q, 4, 1, &score, &accept, &err));
+    et_train_options_default(&t, sizeof t);
+    t.epochs = 20;
+    t.learning_rate = 0.05f;
+    et_train_report_default(&r, sizeof r);
+    et_calibration_default(&c, sizeof c);
+    FAILS(ET_ERR_INVALID_ARGUMENT, "outside (0, 1)", et_train_calibrated(p, &t, 1.5, &r, &c, &err));
+    OK(et_train_calibrated(p, &t, 0.05, &r, &c, &err_));
+    CHECK(r.outcome == ET_OUTCOME_COMMITTED);
+    CHECK(c.calibrated == 1 && c.far <= 0.05 && c.genuine == r.validation_samples);
+    OK(et_verify_floats(p, q, 4, 1, &score, &accept, &err_));
+    CHECK(accept == 1 && score >= c.threshold);
+    OK(et_verify_floats(p, q, 4, 2, &score, &accept, &err_));
+    CHECK(accept == 0);
+    /* Removing class 0 shifts the others down: "1" is label 0 now. */
+    OK(et_class_remove(p, 0, &t, &r, &err_));
+    CHECK(r.retrained_from_base == 1);
+    OK(et_class_name(p, 0, name, sizeof name, &len, &err_));
+    CHECK(strcmp(name, "1") == 0);
+    OK(et_predict_floats(p, q, 4, 3, top, 3, &n, &err_));
+    CHECK(n == 3 && top[0].label == 0);
+    FAILS(ET_ERR_INVALID_ARGUMENT, "no class with label 3",
+          et_class_remove(p, 3, NULL, NULL, &err));
+    et_close(p);
+    et_backbone_free(bb);
+}
+
 int main(int argc, char** argv) {
     static const test_case cases[] = {
         {"versions", test_versions, 0},
@@ -801,6 +859,7 @@ int main(int argc, char** argv) {
         {"train_errors_and_cancel", test_train_errors_and_cancel, 0},
         {"forget", test_forget, 0},
         {"tokens", test_tokens, 0},
+        {"classes_and_verify", test_classes_and_verify, 0},
         {"train_async", test_train_async, 1},
         {"async_cancel_and_close", test_async_cancel_and_close, 1},
     };

@@ -3,7 +3,7 @@
 # temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
 # bad input gives exactly one line on stderr.
 # Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
-#        forget_export no_surprise)
+#        forget_export classes no_surprise)
 set -u
 # meson passes the executables relative to the build directory: make them absolute first.
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
@@ -51,7 +51,7 @@ case "$scenario" in
 help)
     run 0 "$E" --help
     expect_out "usage: edgetune COMMAND --db FILE --backbone FILE --classes N"
-    for c in info add train predict forget export; do
+    for c in info add train predict forget class export; do
         run 0 "$E" "$c" --help
         expect_out "usage: edgetune $c --db FILE"
     done
@@ -168,6 +168,30 @@ forget_export)
     expect_out "wrote head.ckpt"
     expect_out "[16 x 3]"
     [ -s head.ckpt ] || fail "export wrote no file"
+    ;;
+classes)
+    run 0 "$E" add $DB --csv train.csv
+    run 0 "$E" train $DB --epochs 20 --quiet
+    run 0 "$E" class $DB list
+    expect_out "     2  2                              40 samples"
+    run 0 "$E" class $DB add "Zoë"
+    expect_out "added class 3 'Zoë'; user.db has 4 classes"
+    run 1 "$E" class $DB add "Zoë"
+    expect_error "edgetune: class: [sample_store.add_class] class name 'Zoë' is taken"
+    run 0 "$E" class $DB rename 3 zoe
+    expect_out "class 3 is now 'zoe'"
+    run 0 "$E" class $DB list
+    expect_out "     3  zoe                             0 samples"
+    run 0 "$E" class $DB remove 0 --epochs 5
+    expect_out "removed class 0; user.db holds 80 samples in 3 classes"
+    run 0 "$E" class $DB list
+    expect_out "     0  1                              40 samples"
+    run 1 "$E" class $DB remove 7
+    expect_error "edgetune: class: [sample_store.remove_class] no class with label 7 (the store has 3 classes)"
+    run 2 "$E" class $DB frobnicate
+    expect_error "edgetune: class: unknown subcommand 'frobnicate' (add, list, rename or remove) (see edgetune class --help)"
+    run 2 "$E" class $DB rename 1
+    expect_error "edgetune: class: 'class rename' takes 2 arguments, got 1 (see edgetune class --help)"
     ;;
 no_surprise)
     # Nothing is destroyed by surprise: another backbone is refused without a write, read-only

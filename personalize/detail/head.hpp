@@ -25,6 +25,13 @@ public:
     void init_prototypes(const Matrix& features, const IdList& labels,
                          const std::vector<bool>& init);
 
+    // Linear heads that have trained classes (`seen`): each class c with init[c] (and samples)
+    // gets a nearest-class-mean column at the scale of the trained columns, so a class enrolled
+    // into a trained head classifies before any step: W_c = s 2 mu_c, b_c = -s |mu_c|^2 with s
+    // such that |W_c| is the mean norm of the seen columns. No-op without a seen column.
+    void init_scaled_prototypes(const Matrix& features, const IdList& labels,
+                                const std::vector<bool>& init, const std::vector<bool>& seen);
+
     // Copies values in; throws CorruptData if names or shapes differ.
     void load(const std::vector<std::pair<std::string, Matrix>>& tensors);
     std::vector<std::pair<std::string, Matrix>> tensors() const;
@@ -32,10 +39,25 @@ public:
     const HeadSpec& spec() const { return spec_; }
 
 private:
+    // Per-class sums [C x F] and counts of prepared features.
+    void class_sums(const Matrix& x, const IdList& labels, Matrix& sums,
+                    std::vector<Index>& counts) const;
     Matrix prepare(const Matrix& features) const;
     HeadSpec spec_;
     Index feature_dim_;
     std::shared_ptr<Sequential> net_;
 };
+
+// Resizing a head's classes (its last layer: the last two tensors, weight [in x C] and bias
+// [1 x C], of Head::tensors() order; optimizer slots are index-aligned with them).
+// grow_classes appends columns up to `classes`: zero weights and a bias below every existing one
+// (prototype heads: -1/T, as a fresh head), so a class without samples is never predicted; slot
+// columns start at zero. drop_class removes column `label` of both. A tensor list or slot list
+// with fewer than two entries is left alone.
+void grow_classes(std::vector<std::pair<std::string, Matrix>>& tensors, const HeadSpec& spec,
+                  Index classes);
+void grow_classes(OptimizerState& state, Index classes);
+void drop_class(std::vector<std::pair<std::string, Matrix>>& tensors, Index label);
+void drop_class(OptimizerState& state, Index label);
 
 }  // namespace edgetune

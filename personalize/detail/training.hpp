@@ -110,7 +110,16 @@ struct TrainLoop {
     int last_epoch = 0;              // the last epoch that took at least one step
     std::int64_t steps = 0;
     std::vector<float> loss_curve;  // mean training loss per epoch that took a step
+    std::vector<bool> is_new{};     // [dataset rows]: new since the last commit (new_share)
 };
+
+// The epoch's batches with TrainOptions::new_share (rows.cpp): `order` (shuffled) regrouped so
+// every batch of `batch` rows holds at least ceil(share * batch) new rows, the new ones cycled
+// in their shuffled order; the old rows each appear once. Returns `order` itself when the new
+// rows already make up the share, or there are no new or no old rows.
+std::vector<std::size_t> mix_new_rows(const std::vector<std::size_t>& order,
+                                      const std::vector<bool>& is_new, std::size_t batch,
+                                      float share);
 
 // Fresh optimizer and schedule over head.parameters(); with `resume`, the saved optimizer state
 // is continued when its kind matches (lr stays the option's), else the moments start fresh.
@@ -165,12 +174,19 @@ struct RunFacts {
     // A backbone upgrade's retrain from base, guarded like an incremental run against the
     // previous backbone's head (`before` is that head's metrics on its own stored features).
     bool guard_from_base = false;
+    // Classes trained on that have no validation sample (1-4 shots): their training shots'
+    // metrics before and after (after only when healthy()); unset when there are none.
+    std::optional<Metrics> shots_before{}, shots_after{};
     // Neither cancelled nor diverged: the trained head may be evaluated.
     bool healthy() const {
         return stop.why != LoopStop::Why::cancelled && stop.why != LoopStop::Why::diverged &&
                params_finite && optimizer_finite;
     }
 };
+
+// The training rows of the classes that have no validation row (the few-shot classes the
+// validation split leaves whole), ascending.
+std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows);
 
 // A run with nothing to train (an empty store, no training rows, or epochs = 0 on an
 // incremental run): the base head is committed on a retrain from base (it must lose what removed

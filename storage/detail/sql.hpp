@@ -97,6 +97,35 @@ inline constexpr char insert_add_key[] =
 inline constexpr char trim_add_keys[] =
     "DELETE FROM add_keys WHERE seq <= (SELECT max(seq) FROM add_keys) - ?1";
 
+// v3. A classes store's classes as data: label is the dense class index [0, C) that samples
+// reference (remove_class shifts the labels above the removed one down by one, in samples and
+// here, so labels stay dense and equal to head columns); name is the app's unique UTF-8 name.
+// Filled with "0".."C-1" by the migration (see migrate() in sample_store.cpp).
+// NOTE: label is not UNIQUE on purpose: the shift-down UPDATE would trip a per-row check.
+inline constexpr char schema_v3[] = R"(
+CREATE TABLE classes(
+    label INTEGER NOT NULL,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX classes_by_label ON classes(label);
+)";
+
+// --- classes ---------------------------------------------------------------------------------
+inline constexpr char insert_class[] =
+    "INSERT INTO classes(label, name, created_at) VALUES (?1, ?2, ?3)";
+inline constexpr char count_classes[] = "SELECT count(*) FROM classes";
+inline constexpr char select_classes[] =
+    "SELECT c.label, c.name, c.created_at, "
+    "(SELECT count(*) FROM samples s WHERE s.label = c.label) FROM classes c ORDER BY c.label";
+inline constexpr char select_class_by_name[] = "SELECT label FROM classes WHERE name = ?1";
+inline constexpr char rename_class[] = "UPDATE classes SET name = ?2 WHERE label = ?1";
+inline constexpr char delete_class[] = "DELETE FROM classes WHERE label = ?1";
+inline constexpr char shift_class_labels[] =
+    "UPDATE classes SET label = label - 1 WHERE label > ?1";
+inline constexpr char shift_sample_labels[] =
+    "UPDATE samples SET label = label - 1 WHERE label > ?1";
+
 // --- samples -------------------------------------------------------------------------------
 // Column order of every sample read: id, created_at, label, target, weight[, input].
 inline constexpr char insert_sample[] =
