@@ -392,6 +392,7 @@ TrainReport Personalizer::Impl::commit(Run& r, const HeadState& s,
                               .metrics = metrics},
                              payload);
         r.st.set_meta(meta_trained_upto, std::to_string(upto));
+        r.st.set_trained_upto(upto);  // retention may now evict what this head learned from
         if (!r.st.get_meta(meta_resume).value_or("").empty()) r.st.set_meta(meta_resume, "");
         if (r.mode == Mode::from_base) {
             r.st.set_meta(meta_retrain_pending, "");
@@ -482,6 +483,8 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         m.store.set_meta(meta_feature_key, m.feature_key);
         tx.commit();
     }
+    // Retention never evicts what no committed head has learned from (storage.hpp Retention).
+    m.store.set_trained_upto(std::stoll(m.store.get_meta(meta_trained_upto).value_or("0")));
     m.fill_missing_features(m.store);
     if (const auto pending = m.store.get_meta(meta_retrain_pending); pending && !pending->empty()) {
         TrainReport report = m.run({}, Impl::Mode::from_base);

@@ -367,3 +367,23 @@ TEST_CASE("evaluate(samples, k): top-k and per-class accuracy from the head's lo
     CHECK(contains(thrown<InvalidArgument>([&] { q->evaluate(std::vector<Sample>{}, 1); }),
                    "classification"));
 }
+
+TEST_CASE("retention: a reservoir keeps every sample until an update has trained on it") {
+    TempDb db("retention-protect");
+    auto p = Personalizer::open(db.path, {.backbone = backbone(),
+                                          .head = HeadSpec::linear(3),
+                                          .retention = Retention::reservoir(6, 1),
+                                          .seed = 3});
+    // Before the first update nothing is trained on: the store grows past the capacity.
+    p->add(samples(3, 100));
+    CHECK(p->sample_count() == 9);
+    const TrainReport first = p->train({.epochs = 1, .tolerance = 1.0f});
+    REQUIRE(first.outcome == TrainReport::Outcome::committed);
+    CHECK(first.train_samples + first.validation_samples == 9);
+    // After it, new samples push out trained ones only, never each other.
+    const std::vector<std::int64_t> fresh = p->add(samples(2, 500));
+    CHECK(p->sample_count() == 6);
+    for (const std::int64_t id : fresh) CHECK(p->store().get(id, Fields::no_input).has_value());
+    const TrainReport second = p->train({.epochs = 1, .replay = Replay::none(), .tolerance = 1.0f});
+    CHECK(second.train_samples + second.validation_samples == 6);
+}
