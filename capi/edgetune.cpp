@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -182,17 +183,38 @@ et_status guarded(const char* op, et_error** error, Body&& body) noexcept {
 // ---------------------------------------------------------------------------------------
 // struct_size-prefixed structs
 
-// A copy of *in with every field beyond in->struct_size at its default. ABI 1 is the first
-// version, so anything shorter than its struct is a caller bug (an uninitialized struct).
+// The smallest struct_size a caller may pass: the struct as ABI 1 declared it. A caller
+// compiled against an older header passes its own, shorter size; the fields appended since are
+// then at their defaults (inputs) or not written (outputs). Anything shorter is a caller bug
+// (an uninitialized struct). Structs that have not grown: their size.
+constexpr std::size_t abi1_size(const et_train_options*) {
+    return offsetof(et_train_options, optimizer_start);
+}
+constexpr std::size_t abi1_size(const et_train_report*) {
+    return offsetof(et_train_report, resumed);
+}
+template <class T>
+constexpr std::size_t abi1_size(const T*) {
+    return sizeof(T);
+}
+
+template <class T>
+void check_size(std::size_t size, const char* op, const char* name) {
+    if (size < abi1_size(static_cast<const T*>(nullptr)))
+        abi_fail(ET_ERR_INVALID_ARGUMENT, op,
+                 std::string(name) + "->struct_size " + std::to_string(size) + " is smaller than " +
+                     std::to_string(abi1_size(static_cast<const T*>(nullptr))) +
+                     " (fill it with its *_default function)");
+}
+
+// A copy of *in with every field beyond in->struct_size at its default.
 template <class T>
 T read_struct(const T* in, const T& defaults, const char* op, const char* name) {
-    if (in->struct_size < sizeof(T))
-        abi_fail(ET_ERR_INVALID_ARGUMENT, op,
-                 std::string(name) + "->struct_size " + std::to_string(in->struct_size) +
-                     " is smaller than " + std::to_string(sizeof(T)) +
-                     " (fill it with its *_default function)");
+    check_size<T>(in->struct_size, op, name);
     T out = defaults;
-    std::memcpy(&out, in, sizeof(T));  // a newer caller's appended fields are not read
+    // A newer caller's appended fields are not read, an older caller's missing ones keep
+    // their defaults.
+    std::memcpy(static_cast<void*>(&out), in, std::min(in->struct_size, sizeof(T)));
     out.struct_size = sizeof(T);
     return out;
 }
@@ -201,11 +223,7 @@ T read_struct(const T* in, const T& defaults, const char* op, const char* name) 
 // commit and only then fail to report).
 template <class T>
 void check_out_struct(const T* out, const char* op, const char* name) {
-    if (out != nullptr && out->struct_size < sizeof(T))
-        abi_fail(ET_ERR_INVALID_ARGUMENT, op,
-                 std::string(name) + "->struct_size " + std::to_string(out->struct_size) +
-                     " is smaller than " + std::to_string(sizeof(T)) +
-                     " (fill it with its *_default function)");
+    if (out != nullptr) check_size<T>(out->struct_size, op, name);
 }
 
 // Writes value into *out without touching a byte beyond out->struct_size.
@@ -213,15 +231,16 @@ template <class T>
 void write_struct(T* out, T value, const char* op, const char* name) {
     check_out_struct(out, op, name);
     value.struct_size = out->struct_size;
-    std::memcpy(out, &value, sizeof(T));
+    std::memcpy(static_cast<void*>(out), &value, std::min(out->struct_size, sizeof(T)));
 }
 
 // Zeroes all `size` bytes of the caller's struct, then puts `defaults` in the first ones.
 template <class T>
 et_status fill_default(T* out, std::size_t size, const T& defaults) {
-    if (out == nullptr || size < sizeof(T)) return ET_ERR_INVALID_ARGUMENT;
+    if (out == nullptr || size < abi1_size(static_cast<const T*>(nullptr)))
+        return ET_ERR_INVALID_ARGUMENT;
     std::memset(static_cast<void*>(out), 0, size);
-    std::memcpy(static_cast<void*>(out), &defaults, sizeof(T));
+    std::memcpy(static_cast<void*>(out), &defaults, std::min(size, sizeof(T)));
     out->struct_size = size;
     return ET_OK;
 }
@@ -258,6 +277,8 @@ et::HeadSpec to_head(const et_open_options& o, const char* op) {
             return et::HeadSpec::linear(o.classes);
         case ET_HEAD_PROTOTYPE:
             return et::HeadSpec::prototype(o.classes, o.temperature);
+        case ET_HEAD_COSINE_PROTOTYPE:
+            return et::HeadSpec::cosine_prototype(o.classes, o.temperature);
         case ET_HEAD_MLP: {
             require(o.hidden != nullptr || o.hidden_count == 0, op,
                     "hidden is NULL with hidden_count " + std::to_string(o.hidden_count));
@@ -336,6 +357,14 @@ et::TrainOptions to_train_options(const et_train_options* in,
     t.balance_classes = o.balance_classes != 0;
     t.label_smoothing = o.label_smoothing;
     t.tolerance = o.tolerance;
+    require(
+        o.optimizer_start == ET_OPTIMIZER_CONTINUE || o.optimizer_start == ET_OPTIMIZER_FRESH, op,
+        "optimizer_start " + std::to_string(o.optimizer_start) + " is not an et_optimizer_start");
+    t.optimizer_start = o.optimizer_start == ET_OPTIMIZER_FRESH
+                            ? et::OptimizerStart::fresh
+                            : et::OptimizerStart::continue_stored;
+    t.from_base = o.from_base != 0;
+    t.resume_every = o.resume_every;
     callback->fn = o.on_progress;
     callback->user_data = o.user_data;
     // NOTE: t.stop points into *callback, so the std::function must own it even without a C
@@ -372,6 +401,7 @@ et_status finish_report(const et::TrainReport& r, et_train_report* out, et_error
         const std::size_t n = std::min(r.reason.size(), sizeof c.reason - 1);
         std::memcpy(c.reason, r.reason.data(), n);
         c.reason[n] = '\0';
+        c.resumed = r.resumed ? 1 : 0;
         write_struct(out, c, op, "report");
     }
     if (r.outcome == et::TrainReport::Outcome::cancelled)
@@ -411,10 +441,10 @@ void check_input(const et_personalizer* p, et::InputSpec::Kind kind, std::size_t
                 std::to_string(in.size));
 }
 
-// Builds `rows` samples from row-major values (float or token) and adds them.
+// `rows` labelled samples from row-major values (float or token), checked against the backbone.
 template <class V>
-et_status add_rows(et_personalizer* p, const V* data, std::size_t rows, std::size_t width,
-                   const std::int32_t* labels, std::int64_t* ids, const char* op) {
+std::vector<et::Sample> samples_of(const et_personalizer* p, const V* data, std::size_t rows,
+                                   std::size_t width, const std::int32_t* labels, const char* op) {
     checked(p, Kind::personalizer, op, "personalizer");
     constexpr bool floats = std::is_same_v<V, float>;
     check_input(p, floats ? et::InputSpec::Kind::float_vector : et::InputSpec::Kind::token_sequence,
@@ -431,6 +461,14 @@ et_status add_rows(et_personalizer* p, const V* data, std::size_t rows, std::siz
             samples[r].tokens.assign(row, row + width);
         samples[r].label = labels[r];
     }
+    return samples;
+}
+
+// Builds `rows` samples from row-major values (float or token) and adds them.
+template <class V>
+et_status add_rows(et_personalizer* p, const V* data, std::size_t rows, std::size_t width,
+                   const std::int32_t* labels, std::int64_t* ids, const char* op) {
+    const std::vector<et::Sample> samples = samples_of(p, data, rows, width, labels, op);
     const std::vector<std::int64_t> got = p->engine->add(samples);
     if (ids != nullptr) std::copy(got.begin(), got.end(), ids);
     return ET_OK;
@@ -679,6 +717,40 @@ et_status et_train_report_default(et_train_report* report, size_t size) {
     return fill_default(report, size, zero);
 }
 
+et_status et_evaluation_default(et_evaluation* evaluation, size_t size) {
+    et_evaluation zero{};
+    zero.struct_size = sizeof zero;
+    return fill_default(evaluation, size, zero);
+}
+
+et_status et_evaluate_floats(const et_personalizer* personalizer, const float* data, size_t rows,
+                             size_t width, const int32_t* labels, int32_t k,
+                             et_evaluation* evaluation, double* class_accuracy,
+                             int64_t* class_samples, size_t capacity, et_error** error) {
+    const char* op = "et_evaluate_floats";
+    return guarded(op, error, [&] {
+        const std::vector<et::Sample> samples =
+            samples_of(personalizer, data, rows, width, labels, op);
+        require(evaluation != nullptr, op, "evaluation is NULL");
+        check_out_struct(evaluation, op, "evaluation");
+        const auto classes = static_cast<std::size_t>(personalizer->classes);
+        require((class_accuracy == nullptr && class_samples == nullptr) || capacity >= classes, op,
+                "capacity " + std::to_string(capacity) + " is smaller than the " +
+                    std::to_string(classes) + " classes");
+        const et::Metrics m = personalizer->engine->evaluate(samples, k);
+        et_evaluation c{};
+        c.metrics = to_c(m);
+        c.k = m.top_k;
+        c.top_k_accuracy = m.top_k_accuracy;
+        for (std::size_t i = 0; i < classes; ++i) {
+            if (class_accuracy != nullptr) class_accuracy[i] = m.class_accuracy.at(i);
+            if (class_samples != nullptr) class_samples[i] = m.class_samples.at(i);
+        }
+        write_struct(evaluation, c, op, "evaluation");
+        return ET_OK;
+    });
+}
+
 et_status et_train(et_personalizer* personalizer, const et_train_options* options,
                    et_train_report* report, et_error** error) {
     const char* op = "et_train";
@@ -822,8 +894,9 @@ et_status et_get_info(const et_personalizer* personalizer, et_info* info, et_err
         c.input_width = in.size;
         c.feature_width = p->backbone->feature_dim();
         c.head = p->head.kind == et::HeadSpec::Kind::mlp         ? ET_HEAD_MLP
-                 : p->head.kind == et::HeadSpec::Kind::prototype ? ET_HEAD_PROTOTYPE
-                                                                 : ET_HEAD_LINEAR;
+                 : p->head.kind != et::HeadSpec::Kind::prototype ? ET_HEAD_LINEAR
+                 : p->head.cosine                                ? ET_HEAD_COSINE_PROTOTYPE
+                                                                 : ET_HEAD_PROTOTYPE;
         write_struct(info, c, op, "info");
         return ET_OK;
     });

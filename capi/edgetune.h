@@ -113,7 +113,8 @@ typedef enum et_head_kind {
     ET_HEAD_LINEAR = 0,
     ET_HEAD_MLP = 1,       /* hidden widths in et_open_options.hidden */
     ET_HEAD_PROTOTYPE = 2, /* nearest-class-mean init on L2-normalized features */
-    /* ET_HEAD_REGRESSION is reserved: regression heads will come with an et_regress_* call. */
+    /* 3, ET_HEAD_REGRESSION, is reserved: regression heads will come with an et_regress_* call. */
+    ET_HEAD_COSINE_PROTOTYPE = 4 /* logits cos(f, class mean) / temperature (personalize.hpp) */
 } et_head_kind;
 
 typedef enum et_durability {
@@ -248,8 +249,18 @@ struct et_train_options {
     float tolerance;            /* validation guard (personalize.hpp TrainOptions); default 0.02 */
     et_progress_fn on_progress; /* may be NULL (default) */
     void* user_data;            /* passed to on_progress */
+    /* ABI 1 ends here: a caller compiled against it passes this size and gets the defaults
+     * below (TrainOptions in personalize.hpp says what each one means). */
+    int32_t optimizer_start; /* et_optimizer_start; default ET_OPTIMIZER_CONTINUE */
+    int32_t from_base;       /* non-zero: retrain from the base head on what is stored; 0 */
+    int64_t resume_every;    /* > 0: save a resume record every n steps and on cancel; 0 */
     /* appended fields go here */
 };
+
+typedef enum et_optimizer_start {
+    ET_OPTIMIZER_CONTINUE = 0, /* continue the stored optimizer state when it fits */
+    ET_OPTIMIZER_FRESH = 1     /* zero moments and step count for every update */
+} et_optimizer_start;
 
 /* Any thread. ET_ERR_INVALID_ARGUMENT for NULL or a size smaller than ABI 1's struct. */
 ET_API et_status et_train_options_default(et_train_options* options, size_t size);
@@ -281,6 +292,8 @@ struct et_train_report {
     et_metrics before;
     et_metrics after;
     char reason[256]; /* why it stopped or rolled back, NUL-terminated (truncated to fit) */
+    /* ABI 1 ends here. */
+    int32_t resumed; /* non-zero: the run continued an interrupted one (resume_every) */
     /* appended fields go here */
 };
 
@@ -293,6 +306,27 @@ ET_API et_status et_train_report_default(et_train_report* report, size_t size);
  * (trainings of one personalizer run one after another). */
 ET_API et_status et_train(et_personalizer* personalizer, const et_train_options* options,
                           et_train_report* report, et_error** error);
+
+/* What et_evaluate_* measured on the samples given. */
+typedef struct et_evaluation {
+    size_t struct_size;
+    et_metrics metrics;    /* loss, accuracy, balanced accuracy, samples */
+    int32_t k;             /* the k asked for */
+    double top_k_accuracy; /* the label among the k highest logits, in [0, 1] */
+    /* appended fields go here */
+} et_evaluation;
+
+/* Sets evaluation->struct_size = size and zeroes the rest. Any thread. */
+ET_API et_status et_evaluation_default(et_evaluation* evaluation, size_t size);
+
+/* Evaluates the committed head on `rows` labelled samples (as et_add_floats takes them) in one
+ * call: top-k accuracy (k > 0) and, when class_accuracy / class_samples are not NULL, each
+ * class's top-1 accuracy (NaN for a class without samples) and sample count into
+ * capacity >= classes entries. Nothing is stored. Any thread. */
+ET_API et_status et_evaluate_floats(const et_personalizer* personalizer, const float* data,
+                                    size_t rows, size_t width, const int32_t* labels, int32_t k,
+                                    et_evaluation* evaluation, double* class_accuracy,
+                                    int64_t* class_samples, size_t capacity, et_error** error);
 
 typedef struct et_training et_training;
 

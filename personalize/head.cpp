@@ -11,6 +11,10 @@ Head::Head(const HeadSpec& spec, Index feature_dim, Rng& rng)
     if (spec.kind == HeadSpec::Kind::prototype && !(spec.temperature > 0.0f))
         throw InvalidArgument("[HeadSpec] temperature = " + std::to_string(spec.temperature) +
                               " must be > 0");
+    if (spec.cosine && !(spec.kind == HeadSpec::Kind::prototype && spec.normalize))
+        throw InvalidArgument(
+            "[HeadSpec] cosine is for prototype heads over normalized features "
+            "(HeadSpec::cosine_prototype)");
     std::vector<Index> sizes{feature_dim};
     if (spec.kind == HeadSpec::Kind::mlp)
         sizes.insert(sizes.end(), spec.hidden.begin(), spec.hidden.end());
@@ -73,8 +77,16 @@ void Head::init_prototypes(const Matrix& features, const IdList& labels,
         if (!init[k] || counts[k] == 0) continue;
         const Eigen::RowVectorXf mu = sums.row(c) / static_cast<float>(counts[k]);
         // weight is [F x C]: class c is column c.
-        linear.weight.value_mut().col(c) = (2.0f / spec_.temperature) * mu.transpose();
-        linear.bias.value_mut()(0, c) = -mu.squaredNorm() / spec_.temperature;
+        if (spec_.cosine) {
+            // A class whose normalized features average to 0 has no direction: not enrolled.
+            const float norm = mu.norm();
+            if (!(norm > 0.0f)) continue;
+            linear.weight.value_mut().col(c) = mu.transpose() / (norm * spec_.temperature);
+            linear.bias.value_mut()(0, c) = 0.0f;
+        } else {
+            linear.weight.value_mut().col(c) = (2.0f / spec_.temperature) * mu.transpose();
+            linear.bias.value_mut()(0, c) = -mu.squaredNorm() / spec_.temperature;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ std::string head_spec_string(const HeadSpec& h) {
     std::snprintf(t, sizeof t, "%.9g", static_cast<double>(h.temperature));
     return std::string(kinds[static_cast<int>(h.kind)]) + " outputs=" + std::to_string(h.outputs) +
            " hidden=[" + hidden + "] temperature=" + t +
-           " normalize=" + std::to_string(h.normalize);
+           " normalize=" + std::to_string(h.normalize) + (h.cosine ? " cosine=1" : "");
 }
 
 std::vector<std::uint8_t> encode_head_checkpoint(const Head& head, const std::string& digest,

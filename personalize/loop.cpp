@@ -1,6 +1,7 @@
 // loop.cpp — the epoch loop of a training run, written as a loop of one plain step, and the
 // evaluation of a head on rows of a Dataset (detail/training.hpp).
 #include <cmath>
+#include <limits>
 #include <span>
 #include <variant>
 
@@ -103,6 +104,8 @@ void validate_train_options(const TrainOptions& o) {
     if (o.batch <= 0) fail(op, "batch = " + std::to_string(o.batch) + " must be > 0");
     if (!(o.new_share >= 0.0f && o.new_share < 1.0f))
         fail(op, "new_share = " + std::to_string(o.new_share) + " outside [0, 1)");
+    if (o.resume_every < 0)
+        fail(op, "resume_every = " + std::to_string(o.resume_every) + " must be >= 0");
     if (o.deadline.count() < 0) fail(op, "deadline must be >= 0");
     if (!(o.clip_norm >= 0.0f))
         fail(op, "clip_norm = " + std::to_string(o.clip_norm) + " must be >= 0");
@@ -150,29 +153,40 @@ TrainLoop start_loop(Head& head, const TrainOptions& o, const OptimizerState* re
 
 LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTerms& terms,
                     const TrainOptions& o, int epochs, Clock::time_point start,
-                    std::int64_t step_offset) {
+                    std::int64_t step_offset,
+                    const std::function<void(const TrainLoop&)>& resume_point) {
     const bool plateau = std::holds_alternative<PlateauSchedule>(o.schedule);
     const auto batch = static_cast<std::size_t>(o.batch);
     Batch b;
     b.ce = terms.ce;
     LoopStop stop;
+    std::vector<std::size_t>& order = loop.order;
     for (int e = 0; e < epochs && stop.why == LoopStop::Why::none; ++e) {
-        const int epoch = ++loop.epoch;
-        std::vector<std::size_t>& order = loop.order;
-        for (std::size_t i = order.size(); i > 1; --i)
-            std::swap(order[i - 1], order[loop.rng.below(i)]);
+        if (!loop.inside_epoch) {
+            ++loop.epoch;
+            for (std::size_t i = order.size(); i > 1; --i)
+                std::swap(order[i - 1], order[loop.rng.below(i)]);
+            loop.inside_epoch = true;
+            loop.at = 0;
+            loop.epoch_loss = 0.0;
+            loop.epoch_batches = 0;
+        }
+        const int epoch = loop.epoch;
+        // The epoch's batches: its shuffle, or with new_share the shuffle with new samples mixed
+        // into every batch (a function of the shuffle alone, so a resumed epoch rebuilds it).
         const std::vector<std::size_t> rows =
             o.new_share > 0.0f ? mix_new_rows(order, loop.is_new, batch, o.new_share) : order;
-        double epoch_loss = 0.0;
-        std::size_t epoch_batches = 0;
-        for (std::size_t at = 0; at < rows.size(); at += batch) {
+        while (loop.at < rows.size()) {
             stop = check_budgets(loop, o, start);
             if (stop.why != LoopStop::Why::none) break;
-            const std::size_t len = std::min(batch, rows.size() - at);
-            fill_batch(b, d, std::span(rows).subspan(at, len), head.spec().classifies());
+            const std::size_t len = std::min(batch, rows.size() - loop.at);
+            fill_batch(b, d, std::span(rows).subspan(loop.at, len), head.spec().classifies());
             // NOTE: a batch whose samples all weigh 0 teaches nothing (and its weighted mean
             // is 0/0): it is skipped, not counted as a step.
-            if (!(b.weight > 0.0)) continue;
+            if (!(b.weight > 0.0)) {
+                loop.at += len;
+                continue;
+            }
             const StepResult r = step(loop, head, b, terms, o.clip_norm);
             if (!r.finite) {
                 stop = {LoopStop::Why::diverged, "loss became " + std::to_string(r.loss) +
@@ -180,18 +194,23 @@ LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTer
                                                      " (epoch " + std::to_string(epoch) + ")"};
                 break;
             }
+            loop.at += len;
             if (!plateau) loop.schedule->step();
             ++loop.steps;
-            epoch_loss += r.loss;
-            ++epoch_batches;
+            loop.epoch_loss += r.loss;
+            ++loop.epoch_batches;
             if (o.on_progress)
                 o.on_progress({.step = step_offset + loop.steps,
                                .epoch = epoch,
                                .loss = r.loss,
                                .elapsed = since(start)});
+            if (resume_point && o.resume_every > 0 && loop.steps % o.resume_every == 0)
+                resume_point(loop);
         }
-        if (epoch_batches > 0) {
-            const double mean_loss = epoch_loss / static_cast<double>(epoch_batches);
+        if (stop.why == LoopStop::Why::cancelled && resume_point) resume_point(loop);
+        if (stop.why == LoopStop::Why::none) loop.inside_epoch = false;
+        if (loop.epoch_batches > 0) {
+            const double mean_loss = loop.epoch_loss / static_cast<double>(loop.epoch_batches);
             loop.loss_curve.push_back(static_cast<float>(mean_loss));
             loop.last_epoch = epoch;
             if (plateau && stop.why != LoopStop::Why::diverged)
@@ -201,13 +220,40 @@ LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTer
     return stop;
 }
 
-Metrics evaluate_rows(Head& head, const Dataset& d, const std::vector<std::size_t>& rows) {
+namespace {
+
+// Whether label y is among the k highest logits of `row`; ties rank the lower class first
+// (as predict() does).
+bool in_top_k(const Eigen::Ref<const Eigen::RowVectorXf>& row, std::int32_t y, int k) {
+    int above = 0;
+    for (Index c = 0; c < row.size(); ++c) above += row[c] > row[y] || (row[c] == row[y] && c < y);
+    return above < k;
+}
+
+// Metrics::class_accuracy and top_k_accuracy from the counts.
+void fill_top_k(Metrics& m, int top_k, std::int64_t top_k_correct,
+                const std::vector<std::int64_t>& class_total,
+                const std::vector<std::int64_t>& class_correct) {
+    m.top_k = top_k;
+    m.top_k_accuracy = static_cast<double>(top_k_correct) / static_cast<double>(m.samples);
+    m.class_samples = class_total;
+    m.class_accuracy.resize(class_total.size());
+    for (std::size_t c = 0; c < class_total.size(); ++c)
+        m.class_accuracy[c] = class_total[c] > 0 ? static_cast<double>(class_correct[c]) /
+                                                       static_cast<double>(class_total[c])
+                                                 : std::numeric_limits<double>::quiet_NaN();
+}
+
+}  // namespace
+
+Metrics evaluate_rows(Head& head, const Dataset& d, const std::vector<std::size_t>& rows,
+                      int top_k) {
     const HeadSpec& spec = head.spec();
     Metrics m;
     m.samples = static_cast<std::int64_t>(rows.size());
     if (rows.empty()) return m;
     double loss = 0.0;
-    std::int64_t correct = 0;
+    std::int64_t correct = 0, top_k_correct = 0;
     const auto classes = static_cast<std::size_t>(spec.classifies() ? spec.outputs : 0);
     std::vector<std::int64_t> class_total(classes, 0), class_correct(classes, 0);
     constexpr std::size_t chunk = 1024;
@@ -228,6 +274,7 @@ Metrics evaluate_rows(Head& head, const Dataset& d, const std::vector<std::size_
                 Index best = 0;
                 out.row(r).maxCoeff(&best);
                 correct += best == y;
+                if (top_k > 0) top_k_correct += in_top_k(out.row(r), y, top_k);
                 ++class_total[static_cast<std::size_t>(y)];
                 class_correct[static_cast<std::size_t>(y)] += best == y;
             } else {
@@ -248,6 +295,7 @@ Metrics evaluate_rows(Head& head, const Dataset& d, const std::vector<std::size_
                 ++present;
             }
         m.balanced_accuracy = recall / present;
+        if (top_k > 0) fill_top_k(m, top_k, top_k_correct, class_total, class_correct);
     }
     return m;
 }

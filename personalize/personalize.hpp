@@ -143,11 +143,18 @@ struct HeadSpec {
     Kind kind = Kind::linear;
     std::int64_t outputs = 0;     // classes, or regression target width
     std::vector<Index> hidden{};  // mlp only
-    // prototype only: logits = (2 mu_c . f - |mu_c|^2) / temperature on L2-normalized features
-    // reproduce nearest-class-mean at step 0; a class gets its prototype the first time it is
-    // trained on. Too small a temperature fine-tunes badly.
+    // prototype only, two kinds; both on L2-normalized features f, mu_c the class mean of the
+    // normalized features, a class getting its prototype the first time it is trained on
+    // (train() with epochs = 0 enrolls without a gradient step):
+    //   prototype(C, T)         Euclidean: logits = (2 mu_c . f - |mu_c|^2) / T, i.e.
+    //                           (1 - |f - mu_c|^2) / T: nearest class mean at step 0.
+    //   cosine_prototype(C, T)  cosine: logits = (mu_c / |mu_c|) . f / T = cos(f, mu_c) / T
+    //                           (bias 0): the class mean with the largest cosine at step 0.
+    // Unenrolled classes have zero weights and bias -1/T. Too small a temperature fine-tunes
+    // badly.
     float temperature = 0.1f;
     bool normalize = false;  // L2-normalize features before the head (prototype: true)
+    bool cosine = false;     // prototype only: cosine prototypes (cosine_prototype), see above
 
     static HeadSpec linear(std::int64_t classes) {
         return {Kind::linear, classes, {}, 0.1f, false};
@@ -160,6 +167,9 @@ struct HeadSpec {
     }
     static HeadSpec regression(std::int64_t width) {
         return {Kind::regression, width, {}, 0.1f, false};
+    }
+    static HeadSpec cosine_prototype(std::int64_t classes, float temperature = 0.1f) {
+        return {Kind::prototype, classes, {}, temperature, true, true};
     }
     bool classifies() const { return kind != Kind::regression; }
 };
@@ -224,7 +234,12 @@ struct Progress {
     std::chrono::milliseconds elapsed{0};
 };
 
+// TrainOptions::optimizer_start.
+enum class OptimizerStart { continue_stored, fresh };
+
 struct TrainOptions {
+    // 0: no gradient step. A prototype head still enrolls the classes it has not seen from
+    // their stored samples (zero-step enrollment) and the run is decided as any update.
     int epochs = 5;
     std::int64_t max_steps = 0;             // 0 = no limit
     std::chrono::milliseconds deadline{0};  // 0 = none; checked between steps
@@ -254,6 +269,31 @@ struct TrainOptions {
     // epoch as needed; the epoch is one pass over the replayed samples). 0: the new samples are
     // shuffled in with the replay once per epoch. In [0, 1); InvalidArgument otherwise.
     float new_share = 0.0f;
+    // How an incremental update starts its optimizer (a retrain from base always starts fresh):
+    //   continue_stored (default)  the optimizer state saved with the committed head (Adam's
+    //       moments and step count t, SGD's momentum) is continued when the optimizer kind and
+    //       its buffers match, else it starts fresh; lr is always this run's option. Default
+    //       because a sequence of small updates then behaves like one longer run: Adam's bias
+    //       correction is not redone, so the first steps of every update are not full-size
+    //       steps on a handful of new samples.
+    //   fresh  zero moments and t = 0: every update is a run of its own from the committed
+    //       head; the saved state after it counts only its own steps.
+    OptimizerStart optimizer_start = OptimizerStart::continue_stored;
+    // Retrain from the base head on what is stored (every sample counts as new, replay does not
+    // apply), as forget() and backbone upgrades do: to drop what a series of updates drifted
+    // into. The result replaces the committed head (no validation roll-back, as for forget).
+    bool from_base = false;
+    // Resumable runs. n > 0: after every n-th step and when cancelled, the run's state (head,
+    // optimizer, schedule, shuffle RNG, the epoch's order and position in it) is written to the
+    // store (each write replaces the last; costs about 3x the head's size with Adam). A later
+    // train() with the same trajectory options (all but the budgets, tolerance and callbacks)
+    // on the same committed head and stored samples continues from it, also after a crash or
+    // a reopen, and ends with the same head, bit for bit, as the run that was not interrupted
+    // (TrainReport::resumed). A sample added or removed in between, other options, or a corrupt
+    // record: the run starts from the beginning. Any run that ends (commit, roll back, nothing
+    // to do) and every forget() drop the record. 0 = nothing written (an existing record for
+    // this run is still continued).
+    std::int64_t resume_every = 0;
 };
 
 struct Metrics {
@@ -263,6 +303,11 @@ struct Metrics {
     // Unlike `accuracy`, a class with a handful of samples counts as much as a large one.
     double balanced_accuracy = 0.0;
     std::int64_t samples = 0;
+    // evaluate(samples, k) only (classification; empty or 0 otherwise, and not in the JSON):
+    int top_k = 0;                              // the k asked for
+    double top_k_accuracy = 0.0;                // label among the k highest logits (ties: lower id)
+    std::vector<std::int64_t> class_samples{};  // [C] samples of each class evaluated
+    std::vector<double> class_accuracy{};       // [C] top-1 accuracy per class; NaN: no sample
 };
 
 struct TrainReport {
@@ -285,6 +330,9 @@ struct TrainReport {
     // (the head then answers no unknown).
     std::optional<Calibration> calibration{};
     std::string calibration_note{};
+    // The run continued an interrupted one (TrainOptions::resume_every); steps, epochs and the
+    // loss curve count the whole run. Not part of the JSON.
+    bool resumed = false;
     // One JSON object (the training log's and a checkpoint's metrics format); from_json reads
     // what to_json wrote (NaN/Inf are written as null and read back as NaN) and throws
     // CorruptData naming the field on anything else.
@@ -388,6 +436,9 @@ public:
     std::vector<float> regress(const Sample& input) const;
     // Loss and accuracy of the committed head on the given (labelled) samples.
     Metrics evaluate(std::span<const Sample> samples) const;
+    // The same plus top-k accuracy and per-class accuracy (Metrics::top_k ..), in one pass.
+    // Throws InvalidArgument for k <= 0 or a regression head.
+    Metrics evaluate(std::span<const Sample> samples, int k) const;
 
     TrainReport train(const TrainOptions& options);
     // Starts train() on a worker thread; add/predict stay usable meanwhile.

@@ -339,7 +339,9 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     });
     const Dataset data = retry_evicted([&] { return load_dataset(st); });
     const HeadState base = load_base(st);
-    HeadState state = from_base ? load_base(st) : load_current(st);
+    const StoredCheckpoint start_checkpoint =
+        from_base ? base_checkpoint(st) : current_checkpoint(st);
+    HeadState state = decode(start_checkpoint);
     const std::int64_t trained_upto =
         from_base ? 0 : std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
     r.report.retrained_from_base = from_base;
@@ -350,8 +352,10 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         detail::select_rows(data, spec(), trained_upto, opts.replay, rng);
     r.report.train_samples = static_cast<std::int64_t>(rows.train.size());
     r.report.validation_samples = static_cast<std::int64_t>(rows.validation.size());
-    if (const auto skip = detail::decide_untrained(data.ids.empty(), rows.train.empty(),
-                                                   opts.epochs == 0, from_base))
+    // epochs = 0 on a prototype head still enrolls: prepare_loss sets the class means.
+    const bool zero_epochs = opts.epochs == 0 && spec().kind != HeadSpec::Kind::prototype;
+    if (const auto skip =
+            detail::decide_untrained(data.ids.empty(), rows.train.empty(), zero_epochs, from_base))
         return apply(r, *skip, base, {.state = &state, .optimizer = {}, .upto = max_id}, rng);
 
     Head& head = *state.head;
@@ -364,13 +368,30 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     if (!shots.empty()) shots_before = detail::evaluate_rows(head, data, shots);
     const detail::LossTerms terms =
         detail::prepare_loss(head, state.seen, data, rows.train, opts, *base.head);
-    // Optimizer: continue its state when the kind matches (incremental updates), else fresh.
+    // Optimizer: continue its state when asked and the kind matches (incremental), else fresh.
+    const bool continued = !from_base && opts.optimizer_start == OptimizerStart::continue_stored;
     detail::TrainLoop loop =
-        detail::start_loop(head, opts, from_base ? nullptr : &state.optimizer, rng, rows.train);
+        detail::start_loop(head, opts, continued ? &state.optimizer : nullptr, rng, rows.train);
     loop.is_new.assign(data.ids.size(), false);
     for (std::size_t i = 0; i < data.ids.size(); ++i) loop.is_new[i] = data.ids[i] > trained_upto;
-    const detail::LoopStop stop =
-        detail::run_epochs(loop, head, data, terms, opts, opts.epochs, r.start, state.step);
+    // An interrupted run with this fingerprint continues where its record left off.
+    const std::string fingerprint =
+        detail::run_fingerprint(opts, start_checkpoint.info.id, trained_upto, data, rows);
+    if (const auto record = st.get_meta(meta_resume); record && !record->empty())
+        r.report.resumed = detail::load_resume(*record, fingerprint, loop, head, data);
+    const auto save_resume = [&](const detail::TrainLoop& l) {
+        try {
+            st.set_meta(meta_resume, detail::encode_resume(l, head, data, fingerprint));
+        } catch (const InvalidArgument&) {
+            // NaN/Inf parameters: not a state worth resuming (the decision rolls it back).
+        } catch (const DiskFull&) {
+            // A record only saves time: a full disk must not stop the run itself.
+        }
+    };
+    const int epochs = opts.epochs - loop.epoch + (loop.inside_epoch ? 1 : 0);
+    const detail::LoopStop stop = detail::run_epochs(
+        loop, head, data, terms, opts, epochs, r.start, state.step,
+        opts.resume_every > 0 ? save_resume : std::function<void(const detail::TrainLoop&)>{});
     r.report.steps = loop.steps;
     r.report.epochs = loop.last_epoch;
     r.report.loss_curve = loop.loss_curve;
@@ -428,7 +449,13 @@ TrainReport Personalizer::Impl::apply(Run& r, const detail::Decision& d, const H
             break;
     }
     r.report.duration = r.elapsed();
+    // A run that ended keeps no record; a cancelled one keeps the record it just wrote.
+    Transaction tx = r.st.transaction();
+    if (d.outcome != TrainReport::Outcome::cancelled &&
+        !r.st.get_meta(meta_resume).value_or("").empty())
+        r.st.set_meta(meta_resume, "");
     r.st.append_run(r.report.to_json());
+    tx.commit();
     return r.report;
 }
 
@@ -453,6 +480,8 @@ TrainReport Personalizer::Impl::commit(Run& r, const HeadState& s,
                               .metrics = metrics},
                              payload);
         r.st.set_meta(meta_trained_upto, std::to_string(upto));
+        r.st.set_trained_upto(upto);  // retention may now evict what this head learned from
+        if (!r.st.get_meta(meta_resume).value_or("").empty()) r.st.set_meta(meta_resume, "");
         if (r.mode == Mode::from_base) {
             r.st.set_meta(meta_retrain_pending, "");
             // An upgrade is settled: the previous backbone's features go with its head.
@@ -547,6 +576,8 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
         m.store.set_meta(meta_feature_key, m.feature_key);
         tx.commit();
     }
+    // Retention never evicts what no committed head has learned from (storage.hpp Retention).
+    m.store.set_trained_upto(std::stoll(m.store.get_meta(meta_trained_upto).value_or("0")));
     m.fill_missing_features(m.store);
     if (const auto pending = m.store.get_meta(meta_retrain_pending); pending && !pending->empty()) {
         TrainReport report =
@@ -669,10 +700,21 @@ Metrics Personalizer::evaluate(std::span<const Sample> samples) const {
     return detail::evaluate_rows(*impl_->current_head(), d, rows);
 }
 
+Metrics Personalizer::evaluate(std::span<const Sample> samples, int k) const {
+    const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
+    if (!impl_->spec().classifies()) fail("evaluate", "top-k needs a classification head");
+    if (k <= 0) fail("evaluate", "k = " + std::to_string(k) + " must be > 0");
+    const Dataset d =
+        detail::dataset_of(samples, impl_->backbone().features(samples), impl_->spec());
+    std::vector<std::size_t> rows(samples.size());
+    std::iota(rows.begin(), rows.end(), std::size_t{0});
+    return detail::evaluate_rows(*impl_->current_head(), d, rows, k);
+}
+
 TrainReport Personalizer::train(const TrainOptions& options) {
     const FlushDenormals flush;  // fp_mode.hpp: the caller's mode is restored on return
     std::lock_guard lock(impl_->train_mu);
-    return impl_->run(options, Impl::Mode::incremental);
+    return impl_->run(options, options.from_base ? Impl::Mode::from_base : Impl::Mode::incremental);
 }
 
 TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainOptions& retrain) {
@@ -693,7 +735,8 @@ TrainReport Personalizer::forget(std::span<const std::int64_t> ids, const TrainO
         }
         // The deletion and the debt to retrain commit together, durably and scrubbed from the
         // -wal (erase_ids), before the retrain: a power cut cannot bring a sample back.
-        std::vector<std::pair<std::string, std::string>> debt;
+        // An interrupted run's record goes too: it may hold what the samples taught.
+        std::vector<std::pair<std::string, std::string>> debt{{meta_resume, ""}};
         if (used) debt.emplace_back(meta_retrain_pending, "forget");
         st.erase_ids(ids, debt);
     }

@@ -66,6 +66,8 @@ constexpr int schema_version = static_cast<int>(std::size(migrations));
 constexpr std::string_view reserved_prefix = "store.";
 constexpr char key_declaration[] = "store.declaration";  // describe(input, label)
 constexpr char key_offered[] = "store.offered";          // samples ever offered to add()
+// Samples with a higher id have not been trained on (set_trained_upto); absent: none protected.
+constexpr char key_trained_upto[] = "store.trained_upto";
 
 constexpr std::size_t max_digest_bytes = 256;
 
@@ -342,14 +344,19 @@ void put_meta(Db& db, std::string_view key, std::string_view value, std::string_
     Stmt(db, sql::upsert_meta, op).bind(1, key).bind(2, value).run();
 }
 
-std::int64_t read_offered(Db& db, std::string_view op) {
-    const std::string text = meta_value(db, key_offered, op).value_or("0");
+// A non-negative count kept in meta; nullopt when absent.
+std::optional<std::int64_t> read_count(Db& db, const char* key, std::string_view op) {
+    const std::optional<std::string> text = meta_value(db, key, op);
+    if (!text) return std::nullopt;
     std::int64_t n = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-    if (ec != std::errc() || end != text.data() + text.size() || n < 0)
-        throw CorruptData(
-            fmt::format("[{}] meta '{}' is '{}', not a count", op, key_offered, text));
+    const auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), n);
+    if (ec != std::errc() || end != text->data() + text->size() || n < 0)
+        throw CorruptData(fmt::format("[{}] meta '{}' is '{}', not a count", op, key, *text));
     return n;
+}
+
+std::int64_t read_offered(Db& db, std::string_view op) {
+    return read_count(db, key_offered, op).value_or(0);
 }
 
 // --- opening ---------------------------------------------------------------------------------
@@ -482,9 +489,11 @@ std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
     std::int64_t offered = read_offered(db, op);
     std::int64_t count =
         r.kind == Retention::Kind::reservoir ? scalar(db, sql::count_samples, op) : 0;
+    const std::optional<std::int64_t> trained_upto =
+        r.kind == Retention::Kind::reservoir ? read_count(db, key_trained_upto, op) : std::nullopt;
     for (const Sample& s : samples) {
         ++offered;
-        if (r.kind == Retention::Kind::reservoir) {
+        if (r.kind == Retention::Kind::reservoir && !trained_upto) {
             // Algorithm R: the t-th offered sample replaces a uniform slot with probability
             // capacity / t. The draw depends only on (seed, t), so it survives a reopen.
             Rng rng(r.seed ^ (static_cast<std::uint64_t>(offered) * 0x9e3779b97f4a7c15ULL));
@@ -502,6 +511,17 @@ std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
             ++count;
         }
         ids.push_back(insert_sample(db, s, o, now, op));
+    }
+    if (trained_upto) {
+        // Protected reservoir: every new sample is kept; the excess over the capacity goes
+        // uniformly among the trained samples, which are the lowest ids (a prefix in id order).
+        count = scalar(db, sql::count_samples, op);
+        Stmt trained(db, sql::count_samples_upto, op);
+        trained.bind(1, *trained_upto);
+        std::int64_t evictable = trained.step() ? trained.int64(0) : 0;
+        Rng rng(r.seed ^ (static_cast<std::uint64_t>(offered) * 0x9e3779b97f4a7c15ULL));
+        for (; count > r.capacity && evictable > 0; --count, --evictable)
+            delete_sample_at(db, rng.below(static_cast<std::uint64_t>(evictable)), op, evicted);
     }
     auto trimmed = [&evicted](Stmt& st) {
         const std::vector<std::int64_t> gone = collect_ids(st);  // DELETE ... RETURNING id
@@ -1219,6 +1239,12 @@ void SampleStore::set_meta(std::string_view key, std::string_view value) {
     check_size(key.size(), impl_->options, op, "key");
     check_size(value.size(), impl_->options, op, "value");
     put_meta(impl_->db, key, value, op);
+}
+
+void SampleStore::set_trained_upto(std::int64_t id) {
+    constexpr std::string_view op = "sample_store.set_trained_upto";
+    if (id < 0) throw InvalidArgument(fmt::format("[{}] id = {} must be >= 0", op, id));
+    put_meta(impl_->db, key_trained_upto, std::to_string(id), op);
 }
 
 std::int64_t SampleStore::append_run(std::string_view report) {

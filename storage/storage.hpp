@@ -94,9 +94,14 @@ struct LabelSpec {
 // Which samples survive an add. Enforced inside the add's transaction.
 struct Retention {
     enum class Kind {
-        unlimited,      // keep everything
-        keep_newest,    // keep the `capacity` highest ids
-        reservoir,      // a uniform sample of size `capacity` of everything ever offered
+        unlimited,    // keep everything
+        keep_newest,  // keep the `capacity` highest ids
+        // A uniform sample of size `capacity` of everything ever offered (Algorithm R at add()).
+        // Once set_trained_upto() has been called (Personalizer does, at open and at every
+        // commit), samples not trained on yet are protected: every new sample is kept, and
+        // add() evicts the excess over `capacity` uniformly among the trained samples only, so
+        // the store holds capacity + the samples added since the last update until it trains.
+        reservoir,
         per_class_cap,  // at most `capacity` per class; the oldest of a full class is evicted
     };
     Kind kind = Kind::unlimited;
@@ -381,6 +386,9 @@ public:
 
     // Keys starting with "store." are reserved for the store itself (set_meta rejects them).
     std::optional<std::string> get_meta(std::string_view key) const;
+    // Samples with an id above `id` have not been trained on: Retention::reservoir never evicts
+    // them (see Retention). Part of the caller's transaction when one is open.
+    void set_trained_upto(std::int64_t id);
     void set_meta(std::string_view key, std::string_view value);
 
     std::int64_t append_run(std::string_view report);

@@ -39,17 +39,6 @@ HeadWeights linear_weights(Index f, Index classes) {
             .backbone_digest = {}};
 }
 
-bool same_bits(const Tensors& a, const Tensors& b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i)
-        if (a[i].first != b[i].first || a[i].second.rows() != b[i].second.rows() ||
-            a[i].second.cols() != b[i].second.cols() ||
-            std::memcmp(a[i].second.data(), b[i].second.data(),
-                        sizeof(float) * static_cast<std::size_t>(a[i].second.size())) != 0)
-            return false;
-    return true;
-}
-
 Sample sample(int label, std::uint64_t seed, Index d = 6) {
     Rng rng(seed);
     Sample s{.label = label};
@@ -76,7 +65,7 @@ TEST_CASE("initial head: the given weights are the base head, bit for bit, and p
     const HeadWeights w = linear_weights(bb->feature_dim(), 3);
     auto p = Personalizer::open(
         db.path, {.backbone = bb, .head = HeadSpec::linear(3), .seed = 1, .initial_head = w});
-    CHECK(same_bits(p->head_parameters(), w.tensors));
+    CHECK(same_tensor_bits(p->head_parameters(), w.tensors));
     // Step 0: predict's probabilities are softmax(features * W + b).
     const Sample s = sample(1, 5);
     const Matrix f = bb->features(std::span<const Sample>(&s, 1));
@@ -90,7 +79,7 @@ TEST_CASE("initial head: the given weights are the base head, bit for bit, and p
     // Reopened without the option, the database keeps it as its base.
     p.reset();
     p = Personalizer::open(db.path, {.backbone = bb, .head = HeadSpec::linear(3), .seed = 1});
-    CHECK(same_bits(p->head_parameters(), w.tensors));
+    CHECK(same_tensor_bits(p->head_parameters(), w.tensors));
 
     // Train, then forget everything: exact unlearning returns to the shipped head, not a random
     // one.
@@ -98,9 +87,9 @@ TEST_CASE("initial head: the given weights are the base head, bit for bit, and p
     for (int i = 0; i < 30; ++i) samples.push_back(sample(i % 3, 100 + i));
     const std::vector<std::int64_t> ids = p->add(samples);
     REQUIRE(p->train({.epochs = 3, .seed = 2}).outcome == TrainReport::Outcome::committed);
-    CHECK_FALSE(same_bits(p->head_parameters(), w.tensors));
+    CHECK_FALSE(same_tensor_bits(p->head_parameters(), w.tensors));
     p->forget(ids, {.epochs = 3, .seed = 2});
-    CHECK(same_bits(p->head_parameters(), w.tensors));
+    CHECK(same_tensor_bits(p->head_parameters(), w.tensors));
 }
 
 TEST_CASE("initial head: a head that does not fit is refused at the door, and no file is made") {
@@ -148,7 +137,7 @@ TEST_CASE("initial head: the documented layout holds for mlp heads") {
                         .backbone_digest = bb->digest()};
     auto p = Personalizer::open(
         db.path, {.backbone = bb, .head = HeadSpec::mlp({8}, 3), .seed = 1, .initial_head = w});
-    CHECK(same_bits(p->head_parameters(), w.tensors));
+    CHECK(same_tensor_bits(p->head_parameters(), w.tensors));
 }
 
 TEST_CASE("initial head: a prototype head keeps its shipped classes and enrolls the zero ones") {

@@ -322,6 +322,40 @@ TEST_CASE("retention: add_batch reports every sample it evicted, this batch's in
     }
 }
 
+TEST_CASE("retention: a protected reservoir never evicts what was not trained on") {
+    TempDb db("reservoir-protected");
+    StoreOptions o = image_options();
+    o.retention = Retention::reservoir(5, 3);
+    auto add = [](SampleStore& store, int n) {
+        std::vector<Sample> batch;
+        for (int i = 0; i < n; ++i) batch.push_back(image_sample(static_cast<float>(i), 0));
+        std::vector<std::int64_t> evicted;
+        const auto ids = store.add_batch(batch, evicted);
+        return std::pair{ids, evicted};
+    };
+    auto stored = [](const SampleStore& store) { return store.ids_after(0, 100); };
+    {
+        SampleStore store = SampleStore::open(db.path, o);
+        store.set_trained_upto(0);  // nothing trained yet: nothing may go
+        add(store, 5);
+        const auto [ids, evicted] = add(store, 2);
+        CHECK(evicted.empty());
+        CHECK(stored(store) == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7});
+        // 1..3 trained: the 2 over capacity go among them (and their ids are reported).
+        store.set_trained_upto(3);
+        const auto [more, gone] = add(store, 1);
+        CHECK(gone.size() == 3);
+        for (const std::int64_t id : gone) CHECK(id <= 3);
+        CHECK(store.count() == 5);
+        CHECK_THROWS_AS(store.set_trained_upto(-1), InvalidArgument);
+    }
+    // The watermark survives a reopen: 4..8 are still untrained, so the store grows.
+    SampleStore store = SampleStore::open(db.path, o);
+    const auto [ids, evicted] = add(store, 2);
+    CHECK(evicted.empty());
+    CHECK(store.count() == 7);
+}
+
 TEST_CASE("retention: reservoir is uniform, seeded and survives reopen") {
     // Kept inputs as a set of the offer index stored in input[0].
     auto kept_offers = [](const SampleStore& store) {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -57,6 +58,20 @@ inline std::string fixture_path(const std::string& name) {
         env && *env ? std::filesystem::path(env)
                     : std::filesystem::path(__FILE__).parent_path() / "fixtures";
     return (dir / name).string();
+}
+
+// Whether two lists of named tensors (Head::tensors(), head_parameters()) hold the same names,
+// shapes and float bits, in the same order.
+template <class Tensors>
+bool same_tensor_bits(const Tensors& a, const Tensors& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (a[i].first != b[i].first || a[i].second.rows() != b[i].second.rows() ||
+            a[i].second.cols() != b[i].second.cols() ||
+            std::memcmp(a[i].second.data(), b[i].second.data(),
+                        sizeof(float) * static_cast<std::size_t>(a[i].second.size())) != 0)
+            return false;
+    return true;
 }
 
 inline bool contains(const std::string& text, const std::string& part) {

@@ -10,6 +10,7 @@
  * Prints its summary in doctest's format, which scripts/count_tests.py counts case by case. */
 #include <math.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -843,6 +844,135 @@ static void test_classes_and_verify(void) {
     et_backbone_free(bb);
 }
 
+/* Options and reports of ABI 1's size are still taken: appended fields keep their defaults
+ * and are not written. */
+static void test_abi1_sizes(void) {
+    et_backbone* bb = load_backbone("floats.etb");
+    et_personalizer* p = open_with_samples("abi1.db", bb, 5);
+    const size_t options_abi1 = offsetof(et_train_options, optimizer_start);
+    const size_t report_abi1 = offsetof(et_train_report, resumed);
+    et_train_options t;
+    et_train_report r;
+    et_error* err = NULL;
+    CHECK(et_train_options_default(&t, options_abi1 - 1) == ET_ERR_INVALID_ARGUMENT);
+    CHECK(et_train_options_default(&t, options_abi1) == ET_OK && t.epochs == 5);
+    memset(&r, 0xAB, sizeof r);
+    CHECK(et_train_report_default(&r, report_abi1) == ET_OK);
+    CHECK(r.resumed == (int32_t)0xABABABAB);
+    OK(et_train(p, &t, &r, &err_));
+    CHECK(r.outcome == ET_OUTCOME_COMMITTED && r.resumed == (int32_t)0xABABABAB);
+    r.struct_size = report_abi1 - 1;
+    FAILS(ET_ERR_INVALID_ARGUMENT, "report->struct_size", et_train(p, &t, &r, &err));
+    et_close(p);
+    et_backbone_free(bb);
+}
+
+static int cancel_at_5(const et_progress* progress, void* user_data) {
+    (void)user_data;
+    return progress->step >= 5;
+}
+
+/* optimizer_start, from_base and resume_every (personalize.hpp TrainOptions). */
+static void test_train_choices(void) {
+    et_backbone* bb = load_backbone("floats.etb");
+    et_personalizer *p, *ref;
+    et_train_options t;
+    et_train_report r;
+    et_prediction a[3], b[3];
+    size_t na = 0, nb = 0;
+    const float q[4] = {0.5f, 0.4f, 0.3f, 0};
+    et_error* err = NULL;
+    rng_state = 777u;
+    p = open_with_samples("resume.db", bb, 10);
+    rng_state = 777u;
+    ref = open_with_samples("resume-ref.db", bb, 10);
+    et_train_options_default(&t, sizeof t);
+    et_train_report_default(&r, sizeof r);
+    t.epochs = 4;
+    t.batch = 4;
+    t.learning_rate = 0.02f;
+    t.tolerance = 1.0f;
+    t.resume_every = 2;
+    OK(et_train(ref, &t, &r, &err_));
+    CHECK(r.outcome == ET_OUTCOME_COMMITTED && r.resumed == 0);
+    /* Cancelled at step 5, then resumed: the same head as the uninterrupted run. */
+    t.on_progress = cancel_at_5;
+    FAILS(ET_ERR_CANCELLED, "cancelled", et_train(p, &t, &r, &err));
+    CHECK(r.outcome == ET_OUTCOME_CANCELLED && r.steps == 5);
+    t.on_progress = NULL;
+    OK(et_train(p, &t, &r, &err_));
+    CHECK(r.outcome == ET_OUTCOME_COMMITTED && r.resumed == 1);
+    OK(et_predict_floats(p, q, 4, 3, a, 3, &na, &err_));
+    OK(et_predict_floats(ref, q, 4, 3, b, 3, &nb, &err_));
+    CHECK(na == 3 && nb == 3 && memcmp(a, b, sizeof a) == 0);
+    /* A fresh optimizer and a restart from base are taken; a bad choice is refused. */
+    t.optimizer_start = ET_OPTIMIZER_FRESH;
+    t.replay = ET_REPLAY_ALL;
+    OK(et_train(p, &t, &r, &err_));
+    CHECK(r.outcome == ET_OUTCOME_COMMITTED && r.retrained_from_base == 0);
+    t.from_base = 1;
+    OK(et_train(p, &t, &r, &err_));
+    CHECK(r.outcome == ET_OUTCOME_COMMITTED && r.retrained_from_base == 1);
+    t.optimizer_start = 7;
+    FAILS(ET_ERR_INVALID_ARGUMENT, "optimizer_start 7", et_train(p, &t, &r, &err));
+    t.optimizer_start = ET_OPTIMIZER_CONTINUE;
+    t.resume_every = -1;
+    FAILS(ET_ERR_INVALID_ARGUMENT, "resume_every", et_train(p, &t, &r, &err));
+    et_close(p);
+    et_close(ref);
+    et_backbone_free(bb);
+}
+
+/* et_evaluate_floats: top-k and per-class accuracy in one call; a cosine prototype head. */
+static void test_evaluate(void) {
+    et_backbone* bb = load_backbone("floats.etb");
+    et_personalizer* p = open_with_samples("evaluate.db", bb, 10);
+    et_open_options o;
+    et_personalizer* c = NULL;
+    et_info info;
+    et_train_options t;
+    et_evaluation e;
+    double acc[3];
+    int64_t per[3];
+    float x[30 * 4];
+    int32_t y[30];
+    et_error* err = NULL;
+    clusters(10, x, y);
+    et_train_options_default(&t, sizeof t);
+    t.epochs = 30;
+    t.learning_rate = 0.05f;
+    OK(et_train(p, &t, NULL, &err_));
+    CHECK(et_evaluation_default(&e, sizeof e) == ET_OK);
+    OK(et_evaluate_floats(p, x, 30, 4, y, 1, &e, acc, per, 3, &err_));
+    CHECK(e.k == 1 && e.metrics.samples == 30 && e.top_k_accuracy == e.metrics.accuracy);
+    CHECK(per[0] == 10 && per[1] == 10 && per[2] == 10);
+    CHECK(fabs((acc[0] + acc[1] + acc[2]) / 3.0 - e.metrics.balanced_accuracy) < 1e-12);
+    OK(et_evaluate_floats(p, x, 30, 4, y, 3, &e, NULL, NULL, 0, &err_));
+    CHECK(e.k == 3 && e.top_k_accuracy == 1.0);
+    FAILS(ET_ERR_INVALID_ARGUMENT, "capacity 2",
+          et_evaluate_floats(p, x, 30, 4, y, 1, &e, acc, NULL, 2, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "k = 0",
+          et_evaluate_floats(p, x, 30, 4, y, 0, &e, NULL, NULL, 0, &err));
+    FAILS(ET_ERR_INVALID_ARGUMENT, "evaluation is NULL",
+          et_evaluate_floats(p, x, 30, 4, y, 1, NULL, NULL, NULL, 0, &err));
+    /* Cosine prototypes enroll with epochs = 0 and classify the clusters. */
+    et_open_options_default(&o, sizeof o);
+    o.classes = 3;
+    o.head = ET_HEAD_COSINE_PROTOTYPE;
+    OK(et_open(fresh_db("cosine.db"), bb, &o, &c, &err_));
+    OK(et_add_floats(c, x, 30, 4, y, NULL, &err_));
+    t.epochs = 0;
+    OK(et_train(c, &t, NULL, &err_));
+    et_info_default(&info, sizeof info);
+    OK(et_get_info(c, &info, &err_));
+    CHECK(info.head == ET_HEAD_COSINE_PROTOTYPE);
+    OK(et_evaluate_floats(c, x, 30, 4, y, 1, &e, NULL, NULL, 0, &err_));
+    CHECK(e.metrics.accuracy >= 0.9);
+    et_close(c);
+    et_close(p);
+    et_backbone_free(bb);
+}
+
 int main(int argc, char** argv) {
     static const test_case cases[] = {
         {"versions", test_versions, 0},
@@ -860,6 +990,9 @@ int main(int argc, char** argv) {
         {"forget", test_forget, 0},
         {"tokens", test_tokens, 0},
         {"classes_and_verify", test_classes_and_verify, 0},
+        {"abi1_sizes", test_abi1_sizes, 0},
+        {"train_choices", test_train_choices, 0},
+        {"evaluate", test_evaluate, 0},
         {"train_async", test_train_async, 1},
         {"async_cancel_and_close", test_async_cancel_and_close, 1},
     };

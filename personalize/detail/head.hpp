@@ -20,7 +20,8 @@ public:
     Matrix infer(const Matrix& features);
 
     // Prototype heads: for each class c with init[c], set its row so that at this point the
-    // head is nearest-class-mean on normalized features: W_c = 2 mu_c / T, b_c = -|mu_c|^2 / T.
+    // head is nearest-class-mean on normalized features: W_c = 2 mu_c / T, b_c = -|mu_c|^2 / T
+    // (spec.cosine: W_c = mu_c / (|mu_c| T), b_c = 0; a class whose mean is 0 is skipped).
     // features [n x F], labels [n].
     void init_prototypes(const Matrix& features, const IdList& labels,
                          const std::vector<bool>& init);

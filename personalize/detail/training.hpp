@@ -15,10 +15,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "detail/head.hpp"
@@ -111,6 +113,13 @@ struct TrainLoop {
     std::int64_t steps = 0;
     std::vector<float> loss_curve;  // mean training loss per epoch that took a step
     std::vector<bool> is_new{};     // [dataset rows]: new since the last commit (new_share)
+    // Inside an epoch (a run stopped between two of its steps, or restored by load_resume):
+    // `order` is that epoch's shuffle, `at` the position of its next batch, and the sums are
+    // the epoch's so far. The next run_epochs finishes this epoch first (it counts as one).
+    bool inside_epoch = false;
+    std::size_t at = 0;
+    double epoch_loss = 0.0;
+    std::size_t epoch_batches = 0;
 };
 
 // The epoch's batches with TrainOptions::new_share (rows.cpp): `order` (shuffled) regrouped so
@@ -137,12 +146,39 @@ struct LoopStop {
 // o.max_steps (counted over loop.steps) and o.deadline (since `start`); a non-finite loss stops
 // it before the step. Progress steps count from `step_offset` (the checkpoint's step).
 // A plateau schedule steps once per epoch on its mean loss, the others once per step.
+// `resume_point` (when given) sees the loop after every o.resume_every-th step (counted over
+// loop.steps) and when a cancel stops it, before a stopped epoch's partial mean is recorded:
+// in a state from which run_epochs continues exactly as if it had not stopped.
 LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTerms& terms,
                     const TrainOptions& o, int epochs, Clock::time_point start,
-                    std::int64_t step_offset);
+                    std::int64_t step_offset,
+                    const std::function<void(const TrainLoop&)>& resume_point = {});
 
-// Loss and accuracies of `head` over `rows` of d (no graph is recorded).
-Metrics evaluate_rows(Head& head, const Dataset& d, const std::vector<std::size_t>& rows);
+// ---- resumable runs (resume.cpp) --------------------------------------------------------------
+
+// What a resume record must match to be continued: the options that shape the trajectory
+// (not the budgets, tolerance or callbacks), the checkpoint the run started from, the
+// watermark, and the training and validation rows (by sample id). 16+ hex digits.
+std::string run_fingerprint(const TrainOptions& o, std::int64_t start_checkpoint,
+                            std::int64_t trained_upto, const Dataset& d, const RowSelection& rows);
+
+// The loop and head in the middle of a run as a resume record: a checkpoint envelope (kind
+// "resume", CRC-checked; storage/FORMAT.md) in hex, with the loop's fields as attributes (floats
+// by their bits) and the order by sample id. Throws InvalidArgument on NaN/Inf parameters.
+std::string encode_resume(const TrainLoop& loop, const Head& head, const Dataset& d,
+                          const std::string& fingerprint);
+
+// Restores loop (optimizer, schedule, rng, order, position, sums) and head's parameters from a
+// record written by encode_resume for the same fingerprint, over a loop from start_loop. False,
+// with nothing changed, when the record belongs to another run or is corrupt: the run then
+// starts from the beginning (a record only saves time, losing it loses nothing else).
+bool load_resume(std::string_view record, const std::string& fingerprint, TrainLoop& loop,
+                 Head& head, const Dataset& d);
+
+// Loss and accuracies of `head` over `rows` of d (no graph is recorded). top_k > 0
+// (classification): also Metrics::top_k_accuracy, class_samples and class_accuracy.
+Metrics evaluate_rows(Head& head, const Dataset& d, const std::vector<std::size_t>& rows,
+                      int top_k = 0);
 
 // ---- the decision (decision.cpp) --------------------------------------------------------------
 
@@ -189,7 +225,9 @@ struct RunFacts {
 std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows);
 
 // A run with nothing to train (an empty store, no training rows, or epochs = 0 on an
-// incremental run): the base head is committed on a retrain from base (it must lose what removed
+// incremental run of a head that is not a prototype head: a prototype head with epochs = 0
+// enrolls its new classes' means without a gradient step, then meets decide() as any run):
+// the base head is committed on a retrain from base (it must lose what removed
 // samples taught), else the run is only logged. nullopt: there is something to train.
 std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, bool zero_epochs,
                                          bool from_base);

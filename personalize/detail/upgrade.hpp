@@ -29,6 +29,10 @@ inline constexpr const char* meta_upgrade_from_features = "personalize.upgrade_f
 // The key the cached features are stored under (Backbone::feature_key): a store opened where
 // another kernel variant runs drops them and computes its own.
 inline constexpr const char* meta_feature_key = "personalize.feature_key";
+// The resume record of the last interrupted run (detail/training.hpp, resume.cpp), "" if none.
+// Written at TrainOptions::resume_every; dropped when a run ends and by every forget() (it
+// holds a head trained on what may be forgotten).
+inline constexpr const char* meta_resume = "personalize.resume";
 }  // namespace meta
 
 // The previous backbone's committed head on the validation rows of `d`, through the features it

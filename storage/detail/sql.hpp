@@ -141,6 +141,7 @@ inline constexpr char select_samples_after_no_input[] =
     "SELECT id, created_at, label, target, weight FROM samples WHERE id > ?1 "
     "ORDER BY id LIMIT ?2";
 inline constexpr char count_samples[] = "SELECT count(*) FROM samples";
+inline constexpr char count_samples_upto[] = "SELECT count(*) FROM samples WHERE id <= ?1";
 inline constexpr char count_per_label[] =
     "SELECT label, count(*) FROM samples WHERE label IS NOT NULL GROUP BY label";
 inline constexpr char select_all_ids[] = "SELECT id FROM samples ORDER BY id";
