@@ -65,16 +65,6 @@ Tensors train_head(bool caller_flushes, bool* flushed_inside = nullptr) {
     return p->head_parameters();
 }
 
-bool same_bits(const Tensors& a, const Tensors& b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i)
-        if (a[i].second.size() != b[i].second.size() ||
-            std::memcmp(a[i].second.data(), b[i].second.data(),
-                        sizeof(float) * static_cast<std::size_t>(a[i].second.size())) != 0)
-            return false;
-    return true;
-}
-
 }  // namespace
 
 TEST_CASE("fp mode: a training run's bits do not depend on the caller's flush-to-zero mode") {
@@ -92,7 +82,7 @@ TEST_CASE("fp mode: a training run's bits do not depend on the caller's flush-to
 
     const Tensors plain = train_head(false);
     const Tensors flushed = train_head(true);
-    CHECK(same_bits(plain, flushed));
+    CHECK(same_tensor_bits(plain, flushed));
 }
 
 TEST_CASE("fp mode: a caller that flushes keeps flushing") {
