@@ -174,8 +174,10 @@ LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTer
         const int epoch = loop.epoch;
         // The epoch's batches: its shuffle, or with new_share the shuffle with new samples mixed
         // into every batch (a function of the shuffle alone, so a resumed epoch rebuilds it).
-        const std::vector<std::size_t> rows =
-            o.new_share > 0.0f ? mix_new_rows(order, loop.is_new, batch, o.new_share) : order;
+        // NOTE: without a mix the epoch reads `order` itself, not a copy made every epoch.
+        std::vector<std::size_t> mixed;
+        if (o.new_share > 0.0f) mixed = mix_new_rows(order, loop.is_new, batch, o.new_share);
+        const std::vector<std::size_t>& rows = o.new_share > 0.0f ? mixed : order;
         while (loop.at < rows.size()) {
             stop = check_budgets(loop, o, start);
             if (stop.why != LoopStop::Why::none) break;
