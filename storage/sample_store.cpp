@@ -621,7 +621,9 @@ SampleStore SampleStore::open(const std::string& path, const StoreOptions& optio
             if (!wal.step() || wal.text(0) != "wal")
                 throw StorageError(fmt::format("[{}] cannot switch to WAL journal mode", op));
         }
-        migrate(db, options, op);
+        // A current file takes no write lock here: a second connection (a training run's)
+        // opens while the app's connection keeps writing, without queueing behind it.
+        if (version < schema_version) migrate(db, options, op);
         // Checkpoints: see StoreOptions::checkpoint_bytes and Checkpointer in db.cpp. Files made
         // before the 16 KiB page size have smaller pages, hence more frames for the same bytes.
         const std::int64_t page_bytes =

@@ -198,10 +198,16 @@ TEST_CASE("train, train_async and forget from several threads are serialized") {
             ++errors;
         }
     });
-    reports[2] = bg->wait();
+    std::string failure;  // the threads must be joined before any assertion
+    try {
+        reports[2] = bg->wait();
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
     a.join();
     b.join();
     c.join();
+    CHECK(failure == "");
     CHECK(errors == 0);
     CHECK(reports[1].retrained_from_base);
     CHECK(reports[1].outcome == TrainReport::Outcome::committed);
@@ -245,19 +251,31 @@ TEST_CASE("adds that evict old samples (retention) while background runs load th
     std::atomic<bool> done{false};
     std::thread adder([&] {
         try {
-            for (std::uint64_t k = 0; !done || k < 30; ++k) p->add(blobs(1, 200 + k));
+            // A pause between adds, as an app has: a writer that never lets go of the lock
+            // starves the run's commit past the busy timeout (SQLite's waiters poll, unfairly).
+            for (std::uint64_t k = 0; !done || k < 30; ++k) {
+                p->add(blobs(1, 200 + k));
+                std::this_thread::sleep_for(500us);
+            }
         } catch (...) {
             ++errors;
         }
     });
+    std::string failure;
     int runs = 0;
     for (; runs < 15; ++runs) {
         auto bg = p->train_async({.epochs = 1, .batch = 16, .replay = Replay::reservoir(20)});
-        const TrainReport r = bg->wait();
-        if (r.outcome == TrainReport::Outcome::cancelled) ++errors;
+        try {
+            const TrainReport r = bg->wait();
+            if (r.outcome == TrainReport::Outcome::cancelled) ++errors;
+        } catch (const std::exception& e) {
+            failure = e.what();  // the adder must be joined before any assertion
+            break;
+        }
     }
     done = true;
     adder.join();
+    CHECK(failure == "");
     CHECK(errors == 0);
     CHECK(p->sample_count() == 60);
     CHECK(p->store().list_runs().size() == static_cast<std::size_t>(runs));
