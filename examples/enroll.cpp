@@ -42,29 +42,6 @@ namespace {
 
 constexpr std::int32_t first_new_class = 6;
 
-std::vector<edgetune::Sample> to_samples(const fmnist::Dataset& d) {
-    std::vector<edgetune::Sample> out(d.size());
-    for (std::size_t i = 0; i < d.size(); ++i) {
-        const auto row = d.images.row(static_cast<Index>(i));
-        out[i].input.assign(row.data(), row.data() + row.size());
-        out[i].label = d.labels[i];
-    }
-    return out;
-}
-
-// The rows of `d` of class c, in file order.
-std::vector<std::vector<std::size_t>> rows_per_class(const fmnist::Dataset& d) {
-    std::vector<std::vector<std::size_t>> out(fmnist::num_classes);
-    for (std::size_t i = 0; i < d.size(); ++i)
-        out[static_cast<std::size_t>(d.labels[i])].push_back(i);
-    return out;
-}
-
-void remove_db(const std::string& path) {
-    for (const char* suffix : {"", "-wal", "-shm", "-journal"})
-        std::filesystem::remove(path + suffix);
-}
-
 struct Accuracy {
     double new_classes = 0.0, old_classes = 0.0, all = 0.0;  // in [0, 1]
     Accuracy& operator+=(const Accuracy& a) {
