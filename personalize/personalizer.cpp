@@ -156,8 +156,8 @@ struct Personalizer::Impl {
     // With opts.unknown: prototypes of the training rows, scores of the validation rows
     // against them, the threshold into the report.
     static void calibrate_unknown(TrainReport& report, Matrix& protos, const Dataset& d,
-                                  const detail::RowSelection& rows, const Unknown& u,
-                                  Index classes) {
+                                  const detail::RowSelection& rows, const Unknown& u, Index classes,
+                                  const Matrix& background) {
         if (u.kind == Unknown::Kind::off) return;
         protos = detail::class_prototypes(d, rows.train, classes);
         Matrix x(static_cast<Index>(rows.validation.size()), d.features.cols());
@@ -167,7 +167,8 @@ struct Personalizer::Impl {
             y.push_back(d.labels[rows.validation[i]]);
         }
         report.calibration =
-            detail::calibrate(detail::cosine_scores(x, protos), y, u, report.calibration_note);
+            detail::calibrate(detail::cosine_scores(x, protos), y, u, report.calibration_note,
+                              detail::stranger_scores(background, protos));
     }
 
     // --- checkpoints ---
@@ -322,6 +323,7 @@ struct Personalizer::Impl {
 TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     detail::validate_train_options(opts);
     detail::check_unknown(opts.unknown);
+    const Matrix background = detail::background_features(backbone(), opts.unknown);
     // The run's own connection: the app's connection stays free for add() and predict().
     // It never recreates a released reserve: on a full disk that room is what this run needs.
     StoreOptions run_options = store_options;
@@ -408,6 +410,8 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     if (facts.healthy() && !rows.validation.empty())
         facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
     facts.shots_before = shots_before;
+    facts.validation_classes = detail::classes_in(data, rows.validation);
+    facts.shot_classes = detail::classes_in(data, shots);
     if (facts.healthy() && shots_before)
         facts.shots_after = detail::evaluate_rows(head, data, shots);
     // A backbone upgrade's retrain must do as well as the previous backbone's head on the same
@@ -424,7 +428,8 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     }
     if (decision.action == detail::Action::commit_trained)
         if (spec().classifies())
-            calibrate_unknown(r.report, r.prototypes, data, rows, opts.unknown, spec().outputs);
+            calibrate_unknown(r.report, r.prototypes, data, rows, opts.unknown, spec().outputs,
+                              background);
     return apply(r, decision, base,
                  {.state = &state,
                   .optimizer = optimizer_state,

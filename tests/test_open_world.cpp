@@ -335,6 +335,65 @@ TEST_CASE("unknown: strangers are rejected at the calibrated threshold; verify; 
     CHECK(back.calibration->impostor == r.calibration->impostor);
 }
 
+TEST_CASE("unknown: a background set the app ships calibrates against strangers too") {
+    // Four enrolled classes; strangers come from four other clusters. The background set is
+    // 10 samples of each stranger cluster, not the ones tested.
+    std::vector<Sample> background;
+    for (std::int32_t c = 10; c < 14; ++c)
+        for (Sample& s : cluster(c, 10, 1800 + c)) {
+            s.label = 99;  // ignored
+            background.push_back(std::move(s));
+        }
+    auto run = [&](const std::vector<Sample>& bg) {
+        TempDb db("open-background");
+        auto p = Personalizer::open(db.path, options(HeadSpec::linear(4)));
+        for (std::int32_t c = 0; c < 4; ++c) p->add(cluster(c, 40, 200 + c));
+        Unknown u = Unknown::at_far(0.05);
+        u.background = bg;
+        const TrainReport r = p->train(
+            {.epochs = 20, .optimizer = AdamOptions{.lr = 0.05f}, .seed = 1, .unknown = u});
+        REQUIRE(r.calibration);
+        CHECK(r.calibration->impostor ==
+              3 * r.validation_samples + static_cast<std::int64_t>(bg.size()));
+        int known = 0, strangers = 0;
+        for (std::int32_t c = 0; c < 4; ++c)
+            for (const Sample& s : cluster(c, 10, 700 + c)) {
+                const Prediction top = p->predict(s).front();
+                known += !top.unknown && top.label == c;
+            }
+        for (std::int32_t c = 10; c < 14; ++c)
+            for (const Sample& s : cluster(c, 10, 800 + c))
+                strangers += p->predict(s).front().unknown;
+        std::printf(
+            "unknown at FAR 0.05, background of %zu: threshold %.4f, %d/40 enrolled "
+            "accepted, %d/40 strangers rejected\n",
+            bg.size(), r.calibration->threshold, known, strangers);
+        return std::pair{known, strangers};
+    };
+    const auto [known_without, strangers_without] = run({});
+    const auto [known_with, strangers_with] = run(background);
+    CHECK(strangers_with > strangers_without);
+    CHECK(strangers_with >= 36);
+    CHECK(known_with >= 30);
+
+    // Bad input: a background sample of the wrong width, or a background without an operating
+    // point: refused before anything runs, nothing logged or committed.
+    TempDb db("open-background-bad");
+    auto p = Personalizer::open(db.path, options(HeadSpec::linear(4)));
+    for (std::int32_t c = 0; c < 4; ++c) p->add(cluster(c, 10, 200 + c));
+    Unknown bad = Unknown::at_equal_error();
+    bad.background = cluster(10, 3, 5);
+    bad.background[2].input.pop_back();
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = bad}); }),
+                   "[train] unknown.background: "));
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = bad}); }), "sample 2"));
+    Unknown off;
+    off.background = cluster(10, 3, 5);
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = off}); }),
+                   "a background set of 3 samples without an operating point"));
+    CHECK(p->store().list_runs().empty());
+}
+
 TEST_CASE("unknown: too little held-out data is said, not invented") {
     TempDb db("open-unknown-small");
     auto p = Personalizer::open(db.path, options(HeadSpec::linear(2)));
