@@ -465,7 +465,8 @@ public:
     // Labels are dense, 0 .. C-1 (SampleStore::classes); HeadSpec's outputs are the initial C.
     // Adds a class named `name` and returns its label; the served head gets a column that is
     // never predicted until the class is trained on, when it starts at the class's prototype,
-    // scaled like the trained columns (linear and prototype heads; mlp: trained from zero).
+    // scaled like the trained columns (linear and prototype heads; mlp heads: their last layer's
+    // column, from the class mean of its input, the hidden activations).
     // Throws InvalidArgument for an empty, bad or taken name; nothing changes then.
     std::int32_t add_class(std::string_view name);
     void rename_class(std::int32_t label, std::string_view name);
