@@ -87,9 +87,10 @@ Decision decide(const RunFacts& f) {
     const bool judged = f.shots_before && f.shots_after;
     // NOTE: the split alone sees what enrolling a 1-4 shot class costs the old classes and not
     // what it gains (the new class has no held-out sample): it would veto most such updates.
-    // With both, the guard weighs every class once, the few-shot ones by their shots.
+    // With both, the guard weighs every class once, the few-shot ones by their shots. Not for
+    // a guarded upgrade: its `before` is the previous backbone's head, the shots' the base's.
     const bool weigh_shots =
-        judged && f.classifies && f.validation_classes > 0 && f.shot_classes > 0;
+        judged && f.classifies && !f.from_base && f.validation_classes > 0 && f.shot_classes > 0;
     if ((!f.from_base || f.guard_from_base) && f.before && f.after) {
         std::string reason =
             "validation got worse: " + metrics_json(*f.before) + " -> " + metrics_json(*f.after);

@@ -278,6 +278,11 @@ TEST_CASE("decide: the commit/rollback table, row by row") {
               "validation and the shots of the classes without a held-out sample, 6 + 1 classes "
               "weighing the same, got worse: balanced accuracy 0.771429 -> 0.400000, loss "
               "1.714286 -> 2.585714");
+        // A guarded upgrade compares with the previous backbone's head: the split alone.
+        f.after = Metrics{.loss = 0.6, .accuracy = 0.85, .balanced_accuracy = 0.85, .samples = 20};
+        f.from_base = true;
+        f.guard_from_base = true;
+        CHECK(decide(f).reason.find("validation got worse: ") == 0);
     }
 }
 
