@@ -7,7 +7,8 @@
 // samples, using class-balanced loss weights (what makes a handful of shots count next to many
 // stored samples). Both a linear head and a prototype head (nearest-class-mean initialization
 // on L2-normalized features) are shown. Accuracy is measured on the Fashion-MNIST test set for
-// the new classes, the old classes and all ten, averaged over `episodes` draws of the shots.
+// the new classes, the old classes and all ten, averaged over `episodes` draws of the shots,
+// next to the zero-training baseline: cosine prototypes of the same stored samples and shots.
 //
 // Data: the backbone trains on the first 50000 training images of classes 0-5 (the code path
 // of train_backbone, or a file from `train_backbone --classes 0-5`); the device's data (stored
@@ -25,7 +26,8 @@
 // Usage: enroll [--backbone PATH] [--out-dir DIR] [--episodes N] [--json] [--small]
 //               [--epochs N] [--lr LR] [--base-lr LR] [--temperature T] [--balance 0|1]
 //               [--validation FRACTION] [--new-share S]
-// --new-share S gives the shots a share S of every batch of the update (TrainOptions::new_share).
+// --new-share S gives the shots a share S of every batch of the update (TrainOptions::new_share;
+// its default when not given).
 //
 // The backbone is trained by pretrain.cpp, the code path of examples/train_backbone.
 #include "args.hpp"
@@ -42,29 +44,6 @@ namespace {
 
 constexpr std::int32_t first_new_class = 6;
 
-std::vector<edgetune::Sample> to_samples(const fmnist::Dataset& d) {
-    std::vector<edgetune::Sample> out(d.size());
-    for (std::size_t i = 0; i < d.size(); ++i) {
-        const auto row = d.images.row(static_cast<Index>(i));
-        out[i].input.assign(row.data(), row.data() + row.size());
-        out[i].label = d.labels[i];
-    }
-    return out;
-}
-
-// The rows of `d` of class c, in file order.
-std::vector<std::vector<std::size_t>> rows_per_class(const fmnist::Dataset& d) {
-    std::vector<std::vector<std::size_t>> out(fmnist::num_classes);
-    for (std::size_t i = 0; i < d.size(); ++i)
-        out[static_cast<std::size_t>(d.labels[i])].push_back(i);
-    return out;
-}
-
-void remove_db(const std::string& path) {
-    for (const char* suffix : {"", "-wal", "-shm", "-journal"})
-        std::filesystem::remove(path + suffix);
-}
-
 struct Accuracy {
     double new_classes = 0.0, old_classes = 0.0, all = 0.0;  // in [0, 1]
     Accuracy& operator+=(const Accuracy& a) {
@@ -73,6 +52,7 @@ struct Accuracy {
         all += a.all;
         return *this;
     }
+    Accuracy operator/(double n) const { return {new_classes / n, old_classes / n, all / n}; }
 };
 
 // The committed head on the test set: new, old, and all classes (weighted by test counts).
@@ -123,7 +103,7 @@ int main(int argc, char** argv) try {
     float lr = 0.0f, base_lr = 0.0f, temperature = 0.1f;
     bool balance = true;
     float validation = 0.0f;
-    float new_share = 0.0f;  // TrainOptions::new_share of the enrollment update
+    float new_share = edgetune::TrainOptions{}.new_share;  // of the enrollment update
     for (examples::Args a(argc, argv); a.next();) {
         if (a.is("--small")) {
             small = true;
@@ -242,6 +222,17 @@ int main(int argc, char** argv) try {
                                             .optimizer = edgetune::AdamOptions{.lr = setup.base_lr},
                                             .seed = 1};
 
+    // The shots of episode e: images e*k .. e*k+k-1 of each new class.
+    auto episode_shots = [&](int k, int e) {
+        std::vector<edgetune::Sample> shots;
+        for (std::int32_t c : new_classes)
+            for (int j = 0; j < k; ++j)
+                shots.push_back(to_samples(
+                    fmnist::select_rows(device, {device_class_rows[static_cast<std::size_t>(c)].at(
+                                                    static_cast<std::size_t>(e * k + j))}))[0]);
+        return shots;
+    };
+
     std::vector<Row> rows;
     for (const HeadChoice& head : heads) {
         // 3. "Before": the head trained on the stored old samples, saved as the base database
@@ -265,13 +256,7 @@ int main(int argc, char** argv) try {
                     remove_db(db);
                     std::filesystem::copy_file(base_db, db);
                     auto p = edgetune::Personalizer::open(db, options(head.spec));
-                    std::vector<edgetune::Sample> shots;
-                    for (std::int32_t c : new_classes)
-                        for (int j = 0; j < k; ++j)
-                            shots.push_back(to_samples(fmnist::select_rows(
-                                device, {device_class_rows[static_cast<std::size_t>(c)].at(
-                                            static_cast<std::size_t>(e * k + j))}))[0]);
-                    p->add(shots);
+                    p->add(episode_shots(k, e));
                     edgetune::TrainOptions enroll = base_train;
                     enroll.epochs = setup.enroll_epochs;
                     enroll.replay = policy.replay;
@@ -290,12 +275,33 @@ int main(int argc, char** argv) try {
                     p.reset();
                     remove_db(db);
                 }
-                const double n = setup.episodes;
-                row.accuracy = {row.accuracy.new_classes / n, row.accuracy.old_classes / n,
-                                row.accuracy.all / n};
-                row.train_ms /= n;
+                row.accuracy = row.accuracy / setup.episodes;
+                row.train_ms /= setup.episodes;
                 rows.push_back(row);
             }
+    }
+
+    // The zero-training baseline: cosine prototypes of the stored samples and the shots (nearest
+    // class mean by cosine; HeadSpec::cosine_prototype trained with epochs = 0, no step).
+    for (int k : setup.shots) {
+        Row row{"cosine NCM", k, "0 steps", {}, 0.0};
+        for (int e = 0; e < setup.episodes; ++e) {
+            const std::string db = out_dir + "/enroll_run.db";
+            remove_db(db);
+            auto p = edgetune::Personalizer::open(
+                db, options(edgetune::HeadSpec::cosine_prototype(10, temperature)));
+            p->add(stored);
+            p->add(episode_shots(k, e));
+            edgetune::TrainOptions zero_steps = base_train;
+            zero_steps.epochs = 0;
+            if (p->train(zero_steps).outcome != edgetune::TrainReport::Outcome::committed)
+                throw edgetune::Error("the cosine prototypes did not commit");
+            row.accuracy += measure(*p, test_new, test_old);
+            p.reset();
+            remove_db(db);
+        }
+        row.accuracy = row.accuracy / setup.episodes;
+        rows.push_back(row);
     }
 
     std::fprintf(out,

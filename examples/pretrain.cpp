@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 namespace pretrain {
 
@@ -155,6 +156,28 @@ std::vector<std::int32_t> parse_classes(const std::string& text) {
     std::sort(out.begin(), out.end());
     if (out.empty()) throw edgetune::InvalidArgument("[train_backbone] --classes is empty");
     return out;
+}
+
+std::vector<edgetune::Sample> to_samples(const fmnist::Dataset& d) {
+    std::vector<edgetune::Sample> out(d.size());
+    for (std::size_t i = 0; i < d.size(); ++i) {
+        const auto row = d.images.row(static_cast<Index>(i));
+        out[i].input.assign(row.data(), row.data() + row.size());
+        out[i].label = d.labels[i];
+    }
+    return out;
+}
+
+std::vector<std::vector<std::size_t>> rows_per_class(const fmnist::Dataset& d) {
+    std::vector<std::vector<std::size_t>> out(fmnist::num_classes);
+    for (std::size_t i = 0; i < d.size(); ++i)
+        out[static_cast<std::size_t>(d.labels[i])].push_back(i);
+    return out;
+}
+
+void remove_db(const std::string& path) {
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+        std::filesystem::remove(path + suffix);
 }
 
 }  // namespace pretrain

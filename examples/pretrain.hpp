@@ -64,4 +64,11 @@ TrainedBackbone train_fashion_backbone(const fmnist::Dataset& train_all,
 // "0-5", "0,2,4", "0-3,7" -> sorted class list. Throws InvalidArgument.
 std::vector<std::int32_t> parse_classes(const std::string& text);
 
+// The images of `d` as labelled samples (input: the 784 pixels), in row order.
+std::vector<edgetune::Sample> to_samples(const fmnist::Dataset& d);
+// The row indices of each class c of `d` (out[c]), in file order.
+std::vector<std::vector<std::size_t>> rows_per_class(const fmnist::Dataset& d);
+// Removes a database file and its -wal, -shm and -journal companions (missing ones are fine).
+void remove_db(const std::string& path);
+
 }  // namespace pretrain

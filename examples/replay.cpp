@@ -32,21 +32,6 @@ namespace {
 
 constexpr int sessions = 10;
 
-std::vector<edgetune::Sample> to_samples(const fmnist::Dataset& d) {
-    std::vector<edgetune::Sample> out(d.size());
-    for (std::size_t i = 0; i < d.size(); ++i) {
-        const auto row = d.images.row(static_cast<Index>(i));
-        out[i].input.assign(row.data(), row.data() + row.size());
-        out[i].label = d.labels[i];
-    }
-    return out;
-}
-
-void remove_db(const std::string& path) {
-    for (const char* suffix : {"", "-wal", "-shm", "-journal"})
-        std::filesystem::remove(path + suffix);
-}
-
 // Test samples of the given classes.
 std::vector<edgetune::Sample> test_samples(const fmnist::Dataset& test,
                                            const std::vector<std::int32_t>& classes) {

@@ -45,6 +45,20 @@ void check_unknown(const Unknown& u) {
     if (u.kind == Unknown::Kind::target_far && !(u.far > 0.0 && u.far < 1.0))
         throw InvalidArgument("[train] unknown: target FAR " + std::to_string(u.far) +
                               " outside (0, 1)");
+    if (u.kind == Unknown::Kind::off && !u.background.empty())
+        throw InvalidArgument("[train] unknown: a background set of " +
+                              std::to_string(u.background.size()) +
+                              " samples without an operating point (Unknown::at_far or "
+                              "at_equal_error)");
+}
+
+Matrix background_features(const Backbone& backbone, const Unknown& u) {
+    if (u.background.empty()) return Matrix(0, backbone.feature_dim());
+    try {
+        return backbone.features(std::span<const Sample>(u.background));
+    } catch (const InvalidArgument& e) {
+        throw InvalidArgument(std::string("[train] unknown.background: ") + e.what());
+    }
 }
 
 namespace {
@@ -70,9 +84,17 @@ Matrix cosine_scores(const Matrix& features, const Matrix& prototypes) {
     return x * prototypes.transpose();
 }
 
+std::vector<float> stranger_scores(const Matrix& features, const Matrix& prototypes) {
+    std::vector<float> out;
+    if (features.rows() == 0) return out;
+    const Matrix scores = cosine_scores(features, prototypes);
+    for (Index i = 0; i < scores.rows(); ++i) out.push_back(scores.row(i).maxCoeff());
+    return out;
+}
+
 std::optional<Calibration> calibrate(const Matrix& probs, const IdList& labels, const Unknown& u,
-                                     std::string& note) {
-    std::vector<float> genuine, impostor;
+                                     std::string& note, const std::vector<float>& strangers) {
+    std::vector<float> genuine, impostor = strangers;
     for (Index i = 0; i < probs.rows(); ++i)
         for (Index c = 0; c < probs.cols(); ++c)
             (c == labels[static_cast<std::size_t>(i)] ? genuine : impostor).push_back(probs(i, c));

@@ -22,6 +22,19 @@ bool worse(const Metrics& before, const Metrics& after, bool classifies, float t
     return after.loss > before.loss * (1.0 + tolerance);
 }
 
+// The validation split's metrics and the few-shot classes' shot metrics as one, each class
+// weighing the same: (Cv * validation + Cs * shots) / (Cv + Cs) for the balanced accuracy and
+// the loss. Only those two fields are set (what worse() reads).
+Metrics per_class_mean(const Metrics& validation, const Metrics& shots, std::int64_t cv,
+                       std::int64_t cs) {
+    const double total = static_cast<double>(cv + cs);
+    const auto mean = [&](double v, double s) {
+        return (static_cast<double>(cv) * v + static_cast<double>(cs) * s) / total;
+    };
+    return {.loss = mean(validation.loss, shots.loss),
+            .balanced_accuracy = mean(validation.balanced_accuracy, shots.balanced_accuracy)};
+}
+
 }  // namespace
 
 std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, bool zero_epochs,
@@ -68,16 +81,34 @@ Decision decide(const RunFacts& f) {
                 .reason = reason + "; committed the base head instead, every sample counts as new",
                 .drop_after = true};
     }
-    if ((!f.from_base || f.guard_from_base) && f.before && f.after &&
-        worse(*f.before, *f.after, f.classifies, f.tolerance))
-        return {.action = Action::log_only,
-                .outcome = Outcome::rolled_back,
-                .reason = "validation got worse: " + metrics_json(*f.before) + " -> " +
-                          metrics_json(*f.after)};
     // Classes without a held-out sample are judged on their own shots, by the same two signals
     // as the validation split: a training-set check, optimistic, but it catches an update that
     // lost them (replay drowning a few shots) instead of ignoring them.
     const bool judged = f.shots_before && f.shots_after;
+    // NOTE: the split alone sees what enrolling a 1-4 shot class costs the old classes and not
+    // what it gains (the new class has no held-out sample): it would veto most such updates.
+    // With both, the guard weighs every class once, the few-shot ones by their shots. Not for
+    // a guarded upgrade: its `before` is the previous backbone's head, the shots' the base's.
+    const bool weigh_shots =
+        judged && f.classifies && !f.from_base && f.validation_classes > 0 && f.shot_classes > 0;
+    if ((!f.from_base || f.guard_from_base) && f.before && f.after) {
+        std::string reason =
+            "validation got worse: " + metrics_json(*f.before) + " -> " + metrics_json(*f.after);
+        Metrics before = *f.before, after = *f.after;
+        if (weigh_shots) {
+            before =
+                per_class_mean(*f.before, *f.shots_before, f.validation_classes, f.shot_classes);
+            after = per_class_mean(*f.after, *f.shots_after, f.validation_classes, f.shot_classes);
+            reason = "validation and the shots of the classes without a held-out sample, " +
+                     std::to_string(f.validation_classes) + " + " + std::to_string(f.shot_classes) +
+                     " classes weighing the same, got worse: balanced accuracy " +
+                     std::to_string(before.balanced_accuracy) + " -> " +
+                     std::to_string(after.balanced_accuracy) + ", loss " +
+                     std::to_string(before.loss) + " -> " + std::to_string(after.loss);
+        }
+        if (worse(before, after, f.classifies, f.tolerance))
+            return {.action = Action::log_only, .outcome = Outcome::rolled_back, .reason = reason};
+    }
     if (!f.from_base && judged && f.classifies &&
         worse(*f.shots_before, *f.shots_after, true, f.tolerance))
         return {.action = Action::log_only,

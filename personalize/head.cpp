@@ -55,7 +55,7 @@ Matrix Head::infer(const Matrix& features) {
 
 void Head::class_sums(const Matrix& x, const IdList& labels, Matrix& sums,
                       std::vector<Index>& counts) const {
-    sums = Matrix::Zero(spec_.outputs, feature_dim_);
+    sums = Matrix::Zero(spec_.outputs, x.cols());
     counts.assign(static_cast<std::size_t>(spec_.outputs), 0);
     for (Index i = 0; i < x.rows(); ++i) {
         const std::int32_t y = labels[static_cast<std::size_t>(i)];
@@ -90,10 +90,19 @@ void Head::init_prototypes(const Matrix& features, const IdList& labels,
     }
 }
 
+Matrix Head::last_layer_input(const Matrix& features) {
+    Matrix x = prepare(features);
+    if (spec_.kind != HeadSpec::Kind::mlp) return x;
+    NoGrad no_grad;
+    Var h(x);
+    for (std::size_t i = 0; i + 1 < net_->size(); ++i) h = net_->at(i).forward(h);
+    return h.value();
+}
+
 void Head::init_scaled_prototypes(const Matrix& features, const IdList& labels,
                                   const std::vector<bool>& init, const std::vector<bool>& seen) {
-    if (spec_.kind != HeadSpec::Kind::linear) return;
-    auto& linear = dynamic_cast<Linear&>(net_->at(0));
+    if (spec_.kind != HeadSpec::Kind::linear && spec_.kind != HeadSpec::Kind::mlp) return;
+    auto& linear = dynamic_cast<Linear&>(net_->at(net_->size() - 1));
     Matrix& w = linear.weight.value_mut();  // [F x C]
     double norms = 0.0;
     Index trained = 0;
@@ -106,7 +115,7 @@ void Head::init_scaled_prototypes(const Matrix& features, const IdList& labels,
     const auto target = static_cast<float>(norms / static_cast<double>(trained));
     Matrix sums;
     std::vector<Index> counts;
-    class_sums(prepare(features), labels, sums, counts);
+    class_sums(last_layer_input(features), labels, sums, counts);
     for (Index c = 0; c < spec_.outputs; ++c) {
         const auto k = static_cast<std::size_t>(c);
         if (!init[k] || counts[k] == 0) continue;

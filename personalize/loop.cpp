@@ -174,10 +174,12 @@ LoopStop run_epochs(TrainLoop& loop, Head& head, const Dataset& d, const LossTer
         const int epoch = loop.epoch;
         // The epoch's batches: its shuffle, or with new_share the shuffle with new samples mixed
         // into every batch (a function of the shuffle alone, so a resumed epoch rebuilds it).
-        // NOTE: without a mix the epoch reads `order` itself, not a copy made every epoch.
+        // NOTE: without a mix the epoch reads `order` itself, not a copy made every epoch. An
+        // empty loop.is_new (a loop that was not told which rows are new) mixes nothing.
+        const bool mix = o.new_share > 0.0f && !loop.is_new.empty();
         std::vector<std::size_t> mixed;
-        if (o.new_share > 0.0f) mixed = mix_new_rows(order, loop.is_new, batch, o.new_share);
-        const std::vector<std::size_t>& rows = o.new_share > 0.0f ? mixed : order;
+        if (mix) mixed = mix_new_rows(order, loop.is_new, batch, o.new_share);
+        const std::vector<std::size_t>& rows = mix ? mixed : order;
         while (loop.at < rows.size()) {
             stop = check_budgets(loop, o, start);
             if (stop.why != LoopStop::Why::none) break;

@@ -31,8 +31,9 @@ LossTerms prepare_loss(Head& head, std::vector<bool>& seen, const Dataset& d,
                        const Head& base) {
     const HeadSpec& spec = head.spec();
     // Classes trained on for the first time start at their class mean: prototype heads as
-    // nearest-class-mean, linear heads that have trained classes at those classes' scale.
-    if (spec.kind == HeadSpec::Kind::prototype || spec.kind == HeadSpec::Kind::linear) {
+    // nearest-class-mean, linear and mlp heads (last layer) that have trained classes at those
+    // classes' scale.
+    if (spec.classifies()) {
         std::vector<bool> init(seen.size(), false);
         Matrix x(static_cast<Index>(train_rows.size()), d.features.cols());
         IdList y;

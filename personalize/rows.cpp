@@ -107,6 +107,20 @@ std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& 
     return out;
 }
 
+std::int64_t classes_in(const Dataset& d, const std::vector<std::size_t>& rows) {
+    std::vector<bool> present;
+    std::int64_t n = 0;
+    for (std::size_t r : rows) {
+        // NOTE: a regression Dataset has no labels, or -1 for each row: no classes.
+        if (r >= d.labels.size() || d.labels[r] < 0) continue;
+        const auto c = static_cast<std::size_t>(d.labels[r]);
+        if (present.size() <= c) present.resize(c + 1, false);
+        n += !present[c];
+        present[c] = true;
+    }
+    return n;
+}
+
 std::vector<std::size_t> mix_new_rows(const std::vector<std::size_t>& order,
                                       const std::vector<bool>& is_new, std::size_t batch,
                                       float share) {

@@ -49,6 +49,7 @@ TrainReport Personalizer::Impl::retrain_owed(const TrainOptions& retrain) {
 TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     detail::validate_train_options(opts);
     detail::check_unknown(opts.unknown);
+    const Matrix background = detail::background_features(backbone(), opts.unknown);
     // The run's own connection: the app's connection stays free for add() and predict().
     // It never recreates a released reserve: on a full disk that room is what this run needs.
     StoreOptions run_options = store_options;
@@ -128,7 +129,8 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         judge(r, opts, data, rows, {shots, shots_before}, head, loop, stop, optimizer_state);
     if (decision.action == detail::Action::commit_trained)
         if (spec().classifies())
-            calibrate_unknown(r.report, r.prototypes, data, rows, opts.unknown, spec().outputs);
+            calibrate_unknown(r.report, r.prototypes, data, rows, opts.unknown, spec().outputs,
+                              background);
     return apply(r, decision, base,
                  {.state = &state,
                   .optimizer = optimizer_state,
@@ -155,6 +157,8 @@ detail::Decision Personalizer::Impl::judge(Run& r, const TrainOptions& opts, con
     if (facts.healthy() && !rows.validation.empty())
         facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
     facts.shots_before = shots.before;
+    facts.validation_classes = detail::classes_in(data, rows.validation);
+    facts.shot_classes = detail::classes_in(data, shots.rows);
     if (facts.healthy() && shots.before)
         facts.shots_after = detail::evaluate_rows(head, data, shots.rows);
     // A backbone upgrade's retrain must do as well as the previous backbone's head on the same

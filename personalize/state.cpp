@@ -33,7 +33,7 @@ std::optional<Calibration> Personalizer::Impl::calibration_of(const StoredCheckp
 
 void Personalizer::Impl::calibrate_unknown(TrainReport& report, Matrix& protos, const Dataset& d,
                                            const detail::RowSelection& rows, const Unknown& u,
-                                           Index classes) {
+                                           Index classes, const Matrix& background) {
     if (u.kind == Unknown::Kind::off) return;
     protos = detail::class_prototypes(d, rows.train, classes);
     Matrix x(static_cast<Index>(rows.validation.size()), d.features.cols());
@@ -43,7 +43,8 @@ void Personalizer::Impl::calibrate_unknown(TrainReport& report, Matrix& protos, 
         y.push_back(d.labels[rows.validation[i]]);
     }
     report.calibration =
-        detail::calibrate(detail::cosine_scores(x, protos), y, u, report.calibration_note);
+        detail::calibrate(detail::cosine_scores(x, protos), y, u, report.calibration_note,
+                          detail::stranger_scores(background, protos));
 }
 
 // ---- checkpoints ----------------------------------------------------------------------

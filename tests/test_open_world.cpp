@@ -181,66 +181,95 @@ TEST_CASE("Fashion-MNIST: a class added to a trained head classifies at step 0 l
         MESSAGE("Fashion-MNIST not installed (dataset-fashion-mnist): skipping");
         return;
     }
-    // Raw pixels are the features; the head is trained on classes 0-5 (300 images each).
-    for (int k : {1, 5}) {
-        TempDb db("open-fashion");
-        auto p = Personalizer::open(
-            db.path, {.backbone = vectors_backbone(784), .head = HeadSpec::linear(6), .seed = 1});
-        std::vector<Sample> old;
-        std::vector<int> per(10, 0);
-        Matrix sums = Matrix::Zero(10, 784);
-        for (std::size_t i = 0; i < train.size(); ++i) {
-            const std::int32_t y = train.labels[i];
-            if (y < 6 && per[static_cast<std::size_t>(y)] < 300) {
-                old.push_back(fashion_sample(train, i));
-                sums.row(y) += train.images.row(static_cast<Index>(i));
-                ++per[static_cast<std::size_t>(y)];
+    // Raw pixels are the features; the head is trained on classes 0-5 (300 images each). An mlp
+    // head's new column is its last layer's, over the hidden activations: it is compared with
+    // nearest-class-mean there (and on pixels, printed).
+    for (const bool mlp : {false, true})
+        for (int k : {1, 5}) {
+            INFO((mlp ? "mlp" : "linear") << " k=" << k);
+            auto spec = [mlp](std::int64_t classes) {
+                return mlp ? HeadSpec::mlp({64}, classes) : HeadSpec::linear(classes);
+            };
+            TempDb db("open-fashion");
+            auto p = Personalizer::open(
+                db.path, {.backbone = vectors_backbone(784), .head = spec(6), .seed = 1});
+            std::vector<std::size_t> rows;  // the old classes' images, then the shots
+            std::vector<int> per(10, 0);
+            for (std::size_t i = 0; i < train.size(); ++i) {
+                const std::int32_t y = train.labels[i];
+                if (y < 6 && per[static_cast<std::size_t>(y)] < 300) {
+                    rows.push_back(i);
+                    ++per[static_cast<std::size_t>(y)];
+                }
             }
-        }
-        p->add(old);
-        REQUIRE(p->train({.epochs = 5, .seed = 1}).outcome == TrainReport::Outcome::committed);
-        // k shots of each of classes 6-9 (from the end of the slice, unseen above).
-        Matrix shots(4 * k, 784);
-        IdList shot_labels;
-        for (std::size_t i = train.size(); i-- > 0 && shot_labels.size() < 4u * k;) {
-            const std::int32_t y = train.labels[i];
-            if (y >= 6 && per[static_cast<std::size_t>(y)] < k) {
-                shots.row(static_cast<Index>(shot_labels.size())) =
-                    train.images.row(static_cast<Index>(i));
-                shot_labels.push_back(y);
-                sums.row(y) += train.images.row(static_cast<Index>(i));
-                ++per[static_cast<std::size_t>(y)];
+            std::vector<Sample> old;
+            for (std::size_t i : rows) old.push_back(fashion_sample(train, i));
+            p->add(old);
+            REQUIRE(p->train({.epochs = 5, .seed = 1}).outcome == TrainReport::Outcome::committed);
+            // k shots of each of classes 6-9 (from the end of the slice, unseen above).
+            IdList shot_labels;
+            for (std::size_t i = train.size(); i-- > 0 && shot_labels.size() < 4u * k;) {
+                const std::int32_t y = train.labels[i];
+                if (y >= 6 && per[static_cast<std::size_t>(y)] < k) {
+                    rows.push_back(i);
+                    shot_labels.push_back(y);
+                    ++per[static_cast<std::size_t>(y)];
+                }
             }
+            const Matrix shots = fashion_mnist::select_rows(train, rows).images.bottomRows(4 * k);
+            for (std::int32_t c = 6; c < 10; ++c) p->add_class("class " + std::to_string(c));
+            // The head as the next train() starts it, before its first step.
+            Rng unused(0);
+            Head head(spec(10), 784, unused);
+            head.load(p->head_parameters());
+            std::vector<bool> init(10, false), seen(10, false);
+            for (int c = 0; c < 10; ++c) (c < 6 ? seen : init)[static_cast<std::size_t>(c)] = true;
+            head.init_scaled_prototypes(shots, shot_labels, init, seen);
+            // Class means of the pixels and of the last layer's input.
+            const fashion_mnist::Dataset known = fashion_mnist::select_rows(train, rows);
+            const Matrix hidden = head.last_layer_input(known.images);
+            Matrix pixel_means = Matrix::Zero(10, 784),
+                   hidden_means = Matrix::Zero(10, hidden.cols());
+            for (std::size_t i = 0; i < known.size(); ++i) {
+                pixel_means.row(known.labels[i]) += known.images.row(static_cast<Index>(i));
+                hidden_means.row(known.labels[i]) += hidden.row(static_cast<Index>(i));
+            }
+            for (Index c = 0; c < 10; ++c) {
+                pixel_means.row(c) /= static_cast<float>(per[c]);
+                hidden_means.row(c) /= static_cast<float>(per[c]);
+            }
+            auto nearest = [](const Matrix& means, const Matrix& f) {
+                Index best = 0;
+                (means.rowwise() - f.row(0)).rowwise().squaredNorm().minCoeff(&best);
+                return best;
+            };
+            int head_right = 0, pixel_right = 0, hidden_right = 0, n = 0;
+            for (std::size_t i = 0; i < test.size(); ++i) {
+                if (test.labels[i] < 6) continue;
+                const Matrix f = test.images.row(static_cast<Index>(i));
+                Index best = 0;
+                head.infer(f).row(0).maxCoeff(&best);
+                head_right += best == test.labels[i];
+                pixel_right += nearest(pixel_means, f) == test.labels[i];
+                hidden_right += nearest(hidden_means, head.last_layer_input(f)) == test.labels[i];
+                ++n;
+            }
+            const double head_acc = static_cast<double>(head_right) / n;
+            const double ncm_acc = static_cast<double>(mlp ? hidden_right : pixel_right) / n;
+            std::printf(
+                "fashion-mnist %s k=%d: new-class accuracy at step 0 %.3f, ncm %.3f "
+                "(pixels %.3f; %d images)\n",
+                mlp ? "mlp" : "linear", k, head_acc, ncm_acc, static_cast<double>(pixel_right) / n,
+                n);
+            // Measured (raw pixels, 779 test images of classes 6-9): linear k=1 0.385 vs NCM
+            // 0.330, k=5 0.589 vs 0.594; without the scaled init a new column starts far below.
+            // NOTE: mlp k=1 0.262, k=5 0.306, below NCM on its hidden activations (0.469, 0.558):
+            // the column is predicted from step 0 (a zero column never is), not yet as NCM.
+            if (mlp)
+                CHECK(head_acc >= 0.2);
+            else
+                CHECK(head_acc >= ncm_acc - 0.01);
         }
-        for (std::int32_t c = 6; c < 10; ++c) p->add_class("class " + std::to_string(c));
-        // The head as the next train() starts it, before its first step.
-        Rng unused(0);
-        Head head(HeadSpec::linear(10), 784, unused);
-        head.load(p->head_parameters());
-        std::vector<bool> init(10, false), seen(10, false);
-        for (int c = 0; c < 10; ++c) (c < 6 ? seen : init)[static_cast<std::size_t>(c)] = true;
-        head.init_scaled_prototypes(shots, shot_labels, init, seen);
-        Matrix means = sums;
-        for (Index c = 0; c < 10; ++c) means.row(c) /= static_cast<float>(per[c]);
-        int head_right = 0, ncm_right = 0, n = 0;
-        for (std::size_t i = 0; i < test.size(); ++i) {
-            if (test.labels[i] < 6) continue;
-            const Matrix f = test.images.row(static_cast<Index>(i));
-            Index best = 0;
-            head.infer(f).row(0).maxCoeff(&best);
-            head_right += best == test.labels[i];
-            (means.rowwise() - f.row(0)).rowwise().squaredNorm().minCoeff(&best);
-            ncm_right += best == test.labels[i];
-            ++n;
-        }
-        const double head_acc = static_cast<double>(head_right) / n;
-        const double ncm_acc = static_cast<double>(ncm_right) / n;
-        std::printf("fashion-mnist k=%d: new-class accuracy at step 0 %.3f, ncm %.3f (%d images)\n",
-                    k, head_acc, ncm_acc, n);
-        // Measured (raw pixels, 779 test images of classes 6-9): k=1 0.385 vs NCM 0.330, k=5
-        // 0.589 vs 0.594; without the scaled init a new column starts far below NCM.
-        CHECK(head_acc >= ncm_acc - 0.01);
-    }
 }
 
 // ---- "unknown": calibrated threshold, verify ----------------------------------------------
@@ -335,6 +364,65 @@ TEST_CASE("unknown: strangers are rejected at the calibrated threshold; verify; 
     CHECK(back.calibration->impostor == r.calibration->impostor);
 }
 
+TEST_CASE("unknown: a background set the app ships calibrates against strangers too") {
+    // Four enrolled classes; strangers come from four other clusters. The background set is
+    // 10 samples of each stranger cluster, not the ones tested.
+    std::vector<Sample> background;
+    for (std::int32_t c = 10; c < 14; ++c)
+        for (Sample& s : cluster(c, 10, 1800 + c)) {
+            s.label = 99;  // ignored
+            background.push_back(std::move(s));
+        }
+    auto run = [&](const std::vector<Sample>& bg) {
+        TempDb db("open-background");
+        auto p = Personalizer::open(db.path, options(HeadSpec::linear(4)));
+        for (std::int32_t c = 0; c < 4; ++c) p->add(cluster(c, 40, 200 + c));
+        Unknown u = Unknown::at_far(0.05);
+        u.background = bg;
+        const TrainReport r = p->train(
+            {.epochs = 20, .optimizer = AdamOptions{.lr = 0.05f}, .seed = 1, .unknown = u});
+        REQUIRE(r.calibration);
+        CHECK(r.calibration->impostor ==
+              3 * r.validation_samples + static_cast<std::int64_t>(bg.size()));
+        int known = 0, strangers = 0;
+        for (std::int32_t c = 0; c < 4; ++c)
+            for (const Sample& s : cluster(c, 10, 700 + c)) {
+                const Prediction top = p->predict(s).front();
+                known += !top.unknown && top.label == c;
+            }
+        for (std::int32_t c = 10; c < 14; ++c)
+            for (const Sample& s : cluster(c, 10, 800 + c))
+                strangers += p->predict(s).front().unknown;
+        std::printf(
+            "unknown at FAR 0.05, background of %zu: threshold %.4f, %d/40 enrolled "
+            "accepted, %d/40 strangers rejected\n",
+            bg.size(), r.calibration->threshold, known, strangers);
+        return std::pair{known, strangers};
+    };
+    const auto [known_without, strangers_without] = run({});
+    const auto [known_with, strangers_with] = run(background);
+    CHECK(strangers_with > strangers_without);
+    CHECK(strangers_with >= 36);
+    CHECK(known_with >= 30);
+
+    // Bad input: a background sample of the wrong width, or a background without an operating
+    // point: refused before anything runs, nothing logged or committed.
+    TempDb db("open-background-bad");
+    auto p = Personalizer::open(db.path, options(HeadSpec::linear(4)));
+    for (std::int32_t c = 0; c < 4; ++c) p->add(cluster(c, 10, 200 + c));
+    Unknown bad = Unknown::at_equal_error();
+    bad.background = cluster(10, 3, 5);
+    bad.background[2].input.pop_back();
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = bad}); }),
+                   "[train] unknown.background: "));
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = bad}); }), "sample 2"));
+    Unknown off;
+    off.background = cluster(10, 3, 5);
+    CHECK(contains(thrown<InvalidArgument>([&] { p->train({.unknown = off}); }),
+                   "a background set of 3 samples without an operating point"));
+    CHECK(p->store().list_runs().empty());
+}
+
 TEST_CASE("unknown: too little held-out data is said, not invented") {
     TempDb db("open-unknown-small");
     auto p = Personalizer::open(db.path, options(HeadSpec::linear(2)));
@@ -370,7 +458,7 @@ TEST_CASE("mix_new_rows: every batch holds the share of new rows; old rows appea
 
 TEST_CASE("new_share: one shot with replay is learned; a bad share is refused") {
     auto run = [](float share) {
-        // An mlp head: its new column gets no prototype init, only what the batches teach it.
+        // An mlp head (its new column starts at the class's scaled prototype in the last layer).
         TempDb db("open-mix");
         auto p = Personalizer::open(db.path, options(HeadSpec::mlp({16}, 4)));
         for (std::int32_t c = 0; c < 4; ++c) p->add(cluster(c, 60, 400 + c));
@@ -397,7 +485,9 @@ TEST_CASE("new_share: one shot with replay is learned; a bad share is refused") 
     };
     const auto [new_off, all_off] = run(0.0f);
     const auto [new_on, all_on] = run(0.25f);
-    CHECK(new_on > new_off);  // measured: 0/20 without the mix, 20/20 with it
+    // Measured: 20/20 both ways (0/20 without the mix before the mlp's new column got its
+    // prototype init); the mix itself is checked by mix_new_rows above.
+    CHECK(new_on >= new_off);
     CHECK(new_on >= 18);
     CHECK(all_on >= 95);
     TempDb db("open-mix-bad");

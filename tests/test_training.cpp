@@ -252,6 +252,38 @@ TEST_CASE("decide: the commit/rollback table, row by row") {
         f.after = Metrics{.loss = 1.03, .accuracy = 0, .balanced_accuracy = 0, .samples = 20};
         CHECK(decide(f).outcome == Outcome::rolled_back);
     }
+    SUBCASE("few-shot classes: validation and their shots weigh each class the same") {
+        // Six held-out classes lose 5 points to a one-shot class that goes from never predicted
+        // to right: (6 * 0.85 + 1) / 7 > (6 * 0.9 + 0) / 7, and the loss, weighed alike, fell.
+        f.after = Metrics{.loss = 0.6, .accuracy = 0.85, .balanced_accuracy = 0.85, .samples = 20};
+        f.shots_before = Metrics{.loss = 9.0, .accuracy = 0, .balanced_accuracy = 0, .samples = 1};
+        f.shots_after = Metrics{.loss = 0.1, .accuracy = 1, .balanced_accuracy = 1, .samples = 1};
+        f.validation_classes = 6;
+        f.shot_classes = 1;
+        const Decision d = decide(f);
+        CHECK(d.action == Action::commit_trained);
+        CHECK(d.reason.find("judged on their 1 training shots: accuracy 0.000000 -> 1.000000") !=
+              std::string::npos);
+        // The split alone (no class counts) rolls the same update back.
+        f.shot_classes = 0;
+        CHECK(decide(f).outcome == Outcome::rolled_back);
+        CHECK(decide(f).reason.find("validation got worse: ") == 0);
+        // Old classes collapsing outweigh the one new class: rolled back, and the reason says
+        // what was weighed.
+        f.shot_classes = 1;
+        f.after = Metrics{.loss = 3.0, .accuracy = 0.3, .balanced_accuracy = 0.3, .samples = 20};
+        const Decision worse = decide(f);
+        CHECK(worse.outcome == Outcome::rolled_back);
+        CHECK(worse.reason ==
+              "validation and the shots of the classes without a held-out sample, 6 + 1 classes "
+              "weighing the same, got worse: balanced accuracy 0.771429 -> 0.400000, loss "
+              "1.714286 -> 2.585714");
+        // A guarded upgrade compares with the previous backbone's head: the split alone.
+        f.after = Metrics{.loss = 0.6, .accuracy = 0.85, .balanced_accuracy = 0.85, .samples = 20};
+        f.from_base = true;
+        f.guard_from_base = true;
+        CHECK(decide(f).reason.find("validation got worse: ") == 0);
+    }
 }
 
 TEST_CASE("run_epochs: N epochs in one call equal the same epochs over several calls") {

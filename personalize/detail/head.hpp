@@ -26,12 +26,18 @@ public:
     void init_prototypes(const Matrix& features, const IdList& labels,
                          const std::vector<bool>& init);
 
-    // Linear heads that have trained classes (`seen`): each class c with init[c] (and samples)
-    // gets a nearest-class-mean column at the scale of the trained columns, so a class enrolled
-    // into a trained head classifies before any step: W_c = s 2 mu_c, b_c = -s |mu_c|^2 with s
-    // such that |W_c| is the mean norm of the seen columns. No-op without a seen column.
+    // Linear and mlp heads that have trained classes (`seen`): each class c with init[c] (and
+    // samples) gets a nearest-class-mean column in its last layer at the scale of the trained
+    // columns, so a class enrolled into a trained head classifies before any step:
+    // W_c = s 2 mu_c, b_c = -s |mu_c|^2 with s such that |W_c| is the mean norm of the seen
+    // columns; mu_c the class mean of the last layer's input (last_layer_input). No-op without
+    // a seen column.
     void init_scaled_prototypes(const Matrix& features, const IdList& labels,
                                 const std::vector<bool>& init, const std::vector<bool>& seen);
+
+    // The last Linear's input [n x in]: the prepared features (linear heads) or the hidden
+    // activations before it (mlp heads), without a graph. features [n x F].
+    Matrix last_layer_input(const Matrix& features);
 
     // Copies values in; throws CorruptData if names or shapes differ.
     void load(const std::vector<std::pair<std::string, Matrix>>& tensors);
@@ -40,7 +46,7 @@ public:
     const HeadSpec& spec() const { return spec_; }
 
 private:
-    // Per-class sums [C x F] and counts of prepared features.
+    // Per-class sums [C x width of x] and counts of the rows of x.
     void class_sums(const Matrix& x, const IdList& labels, Matrix& sums,
                     std::vector<Index>& counts) const;
     Matrix prepare(const Matrix& features) const;

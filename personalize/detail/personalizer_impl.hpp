@@ -120,8 +120,8 @@ struct Personalizer::Impl {
     // With opts.unknown: prototypes of the training rows, scores of the validation rows
     // against them, the threshold into the report.
     static void calibrate_unknown(TrainReport& report, Matrix& protos, const detail::Dataset& d,
-                                  const detail::RowSelection& rows, const Unknown& u,
-                                  Index classes);
+                                  const detail::RowSelection& rows, const Unknown& u, Index classes,
+                                  const Matrix& background);
 
     // --- checkpoints (state.cpp) ---
     struct HeadState {

@@ -213,6 +213,9 @@ struct RunFacts {
     // Classes trained on that have no validation sample (1-4 shots): their training shots'
     // metrics before and after (after only when healthy()); unset when there are none.
     std::optional<Metrics> shots_before{}, shots_after{};
+    // Classes present in the validation rows and in those shots (classes_in): what the guard
+    // weighs the two by when both exist.
+    std::int64_t validation_classes = 0, shot_classes = 0;
     // Neither cancelled nor diverged: the trained head may be evaluated.
     bool healthy() const {
         return stop.why != LoopStop::Why::cancelled && stop.why != LoopStop::Why::diverged &&
@@ -223,6 +226,9 @@ struct RunFacts {
 // The training rows of the classes that have no validation row (the few-shot classes the
 // validation split leaves whole), ascending.
 std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows);
+
+// How many classes have at least one of `rows` of d (0 for a regression Dataset).
+std::int64_t classes_in(const Dataset& d, const std::vector<std::size_t>& rows);
 
 // A run with nothing to train (an empty store, no training rows, or epochs = 0 on an
 // incremental run of a head that is not a prototype head: a prototype head with epochs = 0
@@ -238,6 +244,9 @@ std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, b
 //   diverged or NaN val. loss  incremental: roll back
 //                              from base:   commit the base head (committed)
 //   incremental (or a guarded upgrade), validation worse by more than the tolerance: roll back
+//     (with few-shot classes that have no held-out sample: validation and their shots together,
+//     each class weighing the same, see decision.cpp)
+//   incremental, the few-shot classes worse on their shots: roll back
 //   otherwise                  commit the trained head
 // "Worse" for classification: balanced accuracy dropped by more than the tolerance AND the
 // loss did not improve; for regression: the loss rose by more than the tolerance fraction.
