@@ -22,6 +22,31 @@ bool worse(const Metrics& before, const Metrics& after, bool classifies, float t
     return after.loss > before.loss * (1.0 + tolerance);
 }
 
+// The validation split and the few-shot classes' training shots as one judgement: the
+// class-balanced accuracy over every class judged (each by its held-out samples, or by its
+// shots when it has none) and the mean loss over all those rows. Without it, an enrollment of
+// classes too small to split is judged by the old classes alone and rolled back for the little
+// they lose (examples/enroll: 5 shots with a 0.2 split, every update rolled back).
+Metrics judged_together(const Metrics& validation, const Metrics& shots) {
+    const auto classes = static_cast<double>(validation.classes + shots.classes);
+    const auto samples = static_cast<double>(validation.samples + shots.samples);
+    Metrics m;
+    m.samples = validation.samples + shots.samples;
+    m.classes = validation.classes + shots.classes;
+    if (classes > 0)
+        m.balanced_accuracy =
+            (validation.balanced_accuracy * static_cast<double>(validation.classes) +
+             shots.balanced_accuracy * static_cast<double>(shots.classes)) /
+            classes;
+    if (samples > 0) {
+        const auto v = static_cast<double>(validation.samples);
+        const auto t = static_cast<double>(shots.samples);
+        m.loss = (validation.loss * v + shots.loss * t) / samples;
+        m.accuracy = (validation.accuracy * v + shots.accuracy * t) / samples;
+    }
+    return m;
+}
+
 }  // namespace
 
 std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, bool zero_epochs,
@@ -68,16 +93,23 @@ Decision decide(const RunFacts& f) {
                 .reason = reason + "; committed the base head instead, every sample counts as new",
                 .drop_after = true};
     }
-    if ((!f.from_base || f.guard_from_base) && f.before && f.after &&
-        worse(*f.before, *f.after, f.classifies, f.tolerance))
-        return {.action = Action::log_only,
-                .outcome = Outcome::rolled_back,
-                .reason = "validation got worse: " + metrics_json(*f.before) + " -> " +
-                          metrics_json(*f.after)};
     // Classes without a held-out sample are judged on their own shots, by the same two signals
     // as the validation split: a training-set check, optimistic, but it catches an update that
-    // lost them (replay drowning a few shots) instead of ignoring them.
+    // lost them (replay drowning a few shots) instead of ignoring them. With a validation split
+    // too, the split's classes and these are judged together first (judged_together).
     const bool judged = f.shots_before && f.shots_after;
+    if ((!f.from_base || f.guard_from_base) && f.before && f.after) {
+        const bool together = judged && f.classifies;
+        const Metrics before = together ? judged_together(*f.before, *f.shots_before) : *f.before;
+        const Metrics after = together ? judged_together(*f.after, *f.shots_after) : *f.after;
+        if (worse(before, after, f.classifies, f.tolerance))
+            return {.action = Action::log_only,
+                    .outcome = Outcome::rolled_back,
+                    .reason = std::string(together ? "validation and few-shot classes' shots got "
+                                                     "worse: "
+                                                   : "validation got worse: ") +
+                              metrics_json(before) + " -> " + metrics_json(after)};
+    }
     if (!f.from_base && judged && f.classifies &&
         worse(*f.shots_before, *f.shots_after, true, f.tolerance))
         return {.action = Action::log_only,
