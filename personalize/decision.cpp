@@ -105,9 +105,8 @@ Decision decide(const RunFacts& f) {
         if (worse(before, after, f.classifies, f.tolerance))
             return {.action = Action::log_only,
                     .outcome = Outcome::rolled_back,
-                    .reason = std::string(together ? "validation and few-shot classes' shots got "
-                                                     "worse: "
-                                                   : "validation got worse: ") +
+                    .reason = std::string("validation got worse") +
+                              (together ? " (with the few-shot classes' shots): " : ": ") +
                               metrics_json(before) + " -> " + metrics_json(after)};
     }
     if (!f.from_base && judged && f.classifies &&

@@ -569,6 +569,6 @@ TEST_CASE("decide: few-shot classes and the validation split are judged together
     f.shots_after = f.shots_before;
     d = decide(f);
     CHECK(d.outcome == Outcome::rolled_back);
-    CHECK(d.reason.find("validation and few-shot classes' shots got worse: "
+    CHECK(d.reason.find("validation got worse (with the few-shot classes' shots): "
                         "{\"loss\":1.32,\"accuracy\":0.54,\"balanced_accuracy\":0.54") == 0);
 }
