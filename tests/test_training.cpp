@@ -565,6 +565,15 @@ TEST_CASE("decide: few-shot classes and the validation split are judged together
     alone.shots_before.reset();
     alone.shots_after.reset();
     CHECK(decide(alone).outcome == Outcome::rolled_back);
+    // The split's classes may not lose more than 0.25 for shots fitted perfectly.
+    RunFacts forgot = f;
+    forgot.after = Metrics{
+        .loss = 2.0, .accuracy = 0.6, .balanced_accuracy = 0.6, .samples = 30, .classes = 6};
+    forgot.shots_after = Metrics{
+        .loss = 0.0, .accuracy = 1.0, .balanced_accuracy = 1.0, .samples = 20, .classes = 4};
+    CHECK(decide(forgot).outcome == Outcome::rolled_back);
+    forgot.after->balanced_accuracy = 0.7;  // a loss of 0.2: the joint gain decides
+    CHECK(decide(forgot).outcome == Outcome::committed);
     // New classes that learned nothing: the whole lost (0.54 -> 0.48), the loss rose.
     f.shots_after = f.shots_before;
     d = decide(f);

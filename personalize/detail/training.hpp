@@ -265,7 +265,8 @@ std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, b
 //   incremental (or a guarded upgrade), validation worse by more than the tolerance: roll back
 //                              (with few-shot classes, RunFacts::shots_*: the split's classes
 //                              and theirs judged together, each class by its held-out samples
-//                              or its shots, balanced over classes; loss over all the rows)
+//                              or its shots, balanced over classes; loss over all the rows;
+//                              and the split's own classes worse by more than 0.25)
 //   few-shot classes worse on their own shots: roll back
 //   otherwise                  commit the trained head
 // "Worse" for classification: balanced accuracy dropped by more than the tolerance AND the
