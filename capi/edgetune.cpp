@@ -255,13 +255,16 @@ et_open_options open_defaults() {
     return o;
 }
 
+static_assert(ET_AUTO_LR == et::auto_lr, "the C ABI's auto lr is the C++ one");
+
 et_train_options train_defaults() {
     et_train_options o{};
     o.struct_size = sizeof o;
-    o.epochs = 5;
+    o.epochs = 10;
     o.batch = 32;
     o.optimizer = ET_OPTIMIZER_ADAM;
-    o.learning_rate = 1e-3f;
+    o.learning_rate = ET_AUTO_LR;
+    o.balance_classes = -1;
     o.replay = ET_REPLAY_ALL;
     o.tolerance = 0.02f;
     return o;
@@ -354,7 +357,7 @@ et::TrainOptions to_train_options(const et_train_options* in,
     t.clip_norm = o.clip_norm;
     t.seed = o.seed;
     t.replay = to_replay(o, op);
-    t.balance_classes = o.balance_classes != 0;
+    if (o.balance_classes >= 0) t.balance_classes = o.balance_classes != 0;
     t.label_smoothing = o.label_smoothing;
     t.tolerance = o.tolerance;
     require(

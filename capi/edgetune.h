@@ -230,21 +230,27 @@ typedef enum et_replay {
     ET_REPLAY_NONE = 3            /* only what is new (old classes are forgotten) */
 } et_replay;
 
+/* et_train_options.learning_rate that lets train() choose the step from the head (the
+ * default): TrainOptions::optimizer in personalize.hpp says the rule (an Adam on a head of
+ * more than 100 classes becomes SGD with momentum). The lowest float, as edgetune::auto_lr. */
+#define ET_AUTO_LR (-3.40282347e+38F)
+
 struct et_train_options {
     size_t struct_size;
-    int32_t epochs;             /* default 5 */
+    int32_t epochs;             /* default 10 */
     int64_t max_steps;          /* 0 = no limit (default) */
     int64_t deadline_ms;        /* 0 = none (default); checked between steps */
     int64_t batch;              /* default 32 */
     int32_t optimizer;          /* et_optimizer; default ET_OPTIMIZER_ADAM */
-    float learning_rate;        /* default 1e-3 (SGD: set your own, e.g. 0.01) */
+    float learning_rate;        /* default ET_AUTO_LR; >= 0: used as given */
     float weight_decay;         /* default 0, for every optimizer */
     float momentum;             /* SGD only; default 0 */
     float clip_norm;            /* 0 = no clipping (default) */
     uint64_t seed;              /* shuffling and replay draws; default 0 */
     int32_t replay;             /* et_replay; default ET_REPLAY_ALL */
     int64_t replay_size;        /* default 0 */
-    int32_t balance_classes;    /* non-zero: inverse class-frequency loss weights; default 0 */
+    int32_t balance_classes;    /* > 0: inverse class-frequency loss weights; 0: none; < 0 (the
+                                 * default -1): on for heads of at most 100 classes */
     float label_smoothing;      /* default 0 */
     float tolerance;            /* validation guard (personalize.hpp TrainOptions); default 0.02 */
     et_progress_fn on_progress; /* may be NULL (default) */

@@ -16,8 +16,11 @@
 // (b) forgets less than (a): its mean old-class accuracy over sessions 2-10 is at least 10
 // points higher.
 //
-// Usage: replay [--backbone PATH] [--out-dir DIR] [--replay N] [--epochs N]
-//               [--validation FRACTION] [--small]
+// Usage: replay [--backbone PATH] [--out-dir DIR] [--replay N] [--epochs N] [--lr LR]
+//               [--balance 0|1] [--validation FRACTION] [--small] [--defaults]
+// --defaults trains with all-default options (PersonalizerOptions and TrainOptions as declared:
+// only the backbone, the head, the replay policy and the session's seed are set; --epochs,
+// --lr, --balance and --validation are ignored): what an app gets without tuning.
 //
 // The backbone is trained by pretrain.cpp, the code path of examples/train_backbone.
 #include "args.hpp"
@@ -53,6 +56,8 @@ int main(int argc, char** argv) try {
     std::int64_t replay_size = 0;
     float validation = 0.0f;
     int epochs = 10;
+    float lr = 1e-3f;
+    bool balance = true, defaults = false;
     for (examples::Args a(argc, argv); a.next();) {
         if (a.is("--small")) {
             small = true;
@@ -66,10 +71,17 @@ int main(int argc, char** argv) try {
             epochs = a.integer();
         } else if (a.is("--validation")) {
             validation = a.real();
+        } else if (a.is("--lr")) {
+            lr = a.real();
+        } else if (a.is("--balance")) {
+            balance = a.text() != "0";
+        } else if (a.is("--defaults")) {
+            defaults = true;
         } else {
             std::fprintf(stderr,
                          "usage: replay [--backbone PATH] [--out-dir DIR] [--replay N] "
-                         "[--epochs N] [--validation FRACTION] [--small]\n");
+                         "[--epochs N] [--lr LR] [--balance 0|1] [--validation FRACTION] "
+                         "[--small] [--defaults]\n");
             return 2;
         }
     }
@@ -124,17 +136,21 @@ int main(int argc, char** argv) try {
     for (std::size_t i = 0; i < policies.size(); ++i) {
         const std::string db = out_dir + "/replay_" + std::to_string(i) + ".db";
         remove_db(db);
+        const auto head = edgetune::HeadSpec::linear(fmnist::num_classes);
         policies[i].p = edgetune::Personalizer::open(
-            db, {.backbone = backbone,
-                 .head = edgetune::HeadSpec::linear(fmnist::num_classes),
-                 .seed = 7,
-                 .validation_fraction = validation});
+            db, defaults ? edgetune::PersonalizerOptions{.backbone = backbone, .head = head}
+                         : edgetune::PersonalizerOptions{.backbone = backbone,
+                                                         .head = head,
+                                                         .seed = 7,
+                                                         .validation_fraction = validation});
     }
-    const edgetune::TrainOptions train_options{.epochs = epochs,
-                                               .batch = 32,
-                                               .optimizer = edgetune::AdamOptions{.lr = 1e-3f},
-                                               .seed = 1,
-                                               .balance_classes = true};
+    const edgetune::TrainOptions train_options =
+        defaults ? edgetune::TrainOptions{}
+                 : edgetune::TrainOptions{.epochs = epochs,
+                                          .batch = 32,
+                                          .optimizer = edgetune::AdamOptions{.lr = lr},
+                                          .seed = 1,
+                                          .balance_classes = balance};
 
     std::vector<std::int32_t> seen;
     for (int s = 0; s < sessions; ++s) {
@@ -170,11 +186,17 @@ int main(int argc, char** argv) try {
         }
     }
 
-    std::printf(
-        "\nIncremental updates: %d sessions of %d images (2 classes each, drifting); "
-        "linear head, Adam lr 0.001, batch 32, %d epochs per update, class-balanced "
-        "loss\n",
-        sessions, 2 * per_class, epochs);
+    if (defaults)
+        std::printf(
+            "\nIncremental updates: %d sessions of %d images (2 classes each, drifting); "
+            "linear head, all-default options\n",
+            sessions, 2 * per_class);
+    else
+        std::printf(
+            "\nIncremental updates: %d sessions of %d images (2 classes each, drifting); "
+            "linear head, Adam lr %g, batch 32, %d epochs per update, %s loss\n",
+            sessions, 2 * per_class, static_cast<double>(lr), epochs,
+            balance ? "class-balanced" : "unweighted");
     std::printf(
         "test accuracy %% on the classes seen so far / on the old ones (seen before, "
         "not in this session); CPU ms per update; samples trained on\n");

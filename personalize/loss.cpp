@@ -26,6 +26,10 @@ std::vector<float> class_weights(const Dataset& d, const std::vector<std::size_t
 
 }  // namespace
 
+bool balances_classes(const TrainOptions& o, const HeadSpec& spec) {
+    return spec.classifies() && o.balance_classes.value_or(spec.outputs <= narrow_head);
+}
+
 LossTerms prepare_loss(Head& head, std::vector<bool>& seen, const Dataset& d,
                        const std::vector<std::size_t>& train_rows, const TrainOptions& o,
                        const Head& base) {
@@ -52,8 +56,7 @@ LossTerms prepare_loss(Head& head, std::vector<bool>& seen, const Dataset& d,
 
     LossTerms t;
     t.ce.label_smoothing = o.label_smoothing;
-    if (o.balance_classes && spec.classifies())
-        t.ce.class_weights = class_weights(d, train_rows, spec.outputs);
+    if (balances_classes(o, spec)) t.ce.class_weights = class_weights(d, train_rows, spec.outputs);
     t.base_pull = o.base_pull;
     if (o.base_pull > 0.0f)
         for (const auto& [name, value] : base.tensors()) t.base_params.emplace_back(value);

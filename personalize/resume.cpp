@@ -153,7 +153,8 @@ std::string run_fingerprint(const TrainOptions& o, std::int64_t start_checkpoint
         optimizer_string(o.optimizer) + " sched " + schedule_string(o.schedule) + " clip " +
         bits(o.clip_norm) + " seed " + std::to_string(o.seed) + " replay " +
         std::to_string(static_cast<int>(o.replay.kind)) + " " + std::to_string(o.replay.size) +
-        " pull " + bits(o.base_pull) + " balance " + std::to_string(o.balance_classes) +
+        " pull " + bits(o.base_pull) + " balance " +
+        (o.balance_classes ? std::to_string(*o.balance_classes) : std::string("auto")) +
         " smoothing " + bits(o.label_smoothing) + " start " +
         std::to_string(static_cast<int>(o.optimizer_start)) + " from_base " +
         std::to_string(o.from_base) + " new_share " + bits(o.new_share) + " checkpoint " +

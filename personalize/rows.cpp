@@ -34,9 +34,16 @@ double split_draw(const float* row, Index width, std::int32_t label, std::uint64
 
 }  // namespace
 
+bool class_is_split(std::int64_t samples, float fraction) {
+    // NOTE: the small slack keeps 0.2f x 10 (2.0000000298) and 0.1f x 20 on the split side.
+    return samples >= min_class_for_split &&
+           static_cast<double>(fraction) * static_cast<double>(samples) >=
+               min_expected_held_out - 1e-6;
+}
+
 void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float fraction) {
-    // Classes (a regression store is one class) with fewer than min_class_for_split samples
-    // keep all for training: one-shot enrollment must not lose its only shot.
+    // Classes (a regression store is one class) that class_is_split refuses keep all for
+    // training: one-shot enrollment must not lose its only shot, nor 5-shot one its fifth.
     std::vector<std::int64_t> per_class(
         spec.classifies() ? static_cast<std::size_t>(spec.outputs) : 1, 0);
     auto class_of = [&](std::size_t i) {
@@ -47,7 +54,7 @@ void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float
     for (std::size_t k = 0; k < d.ids.size(); ++k) {
         const auto i = static_cast<Index>(k);
         d.validation[k] =
-            per_class[class_of(k)] >= min_class_for_split &&
+            class_is_split(per_class[class_of(k)], fraction) &&
             split_draw(d.features.row(i).data(), d.features.cols(), d.labels[k], seed) < fraction;
     }
 }
@@ -105,20 +112,6 @@ std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& 
         if (c >= held_out.size() || !held_out[c]) out.push_back(r);
     }
     return out;
-}
-
-std::int64_t classes_in(const Dataset& d, const std::vector<std::size_t>& rows) {
-    std::vector<bool> present;
-    std::int64_t n = 0;
-    for (std::size_t r : rows) {
-        // NOTE: a regression Dataset has no labels, or -1 for each row: no classes.
-        if (r >= d.labels.size() || d.labels[r] < 0) continue;
-        const auto c = static_cast<std::size_t>(d.labels[r]);
-        if (present.size() <= c) present.resize(c + 1, false);
-        n += !present[c];
-        present[c] = true;
-    }
-    return n;
 }
 
 std::vector<std::size_t> mix_new_rows(const std::vector<std::size_t>& order,

@@ -157,8 +157,6 @@ detail::Decision Personalizer::Impl::judge(Run& r, const TrainOptions& opts, con
     if (facts.healthy() && !rows.validation.empty())
         facts.after = r.report.after = detail::evaluate_rows(head, data, rows.validation);
     facts.shots_before = shots.before;
-    facts.validation_classes = detail::classes_in(data, rows.validation);
-    facts.shot_classes = detail::classes_in(data, shots.rows);
     if (facts.healthy() && shots.before)
         facts.shots_after = detail::evaluate_rows(head, data, shots.rows);
     // A backbone upgrade's retrain must do as well as the previous backbone's head on the same

@@ -1113,7 +1113,8 @@ TEST_CASE("train: base_pull keeps the head near the base; balance_classes lifts 
         return std::pair(p->head_parameters(), rare / n);
     };
     Tensors base;
-    const TrainOptions plain{.epochs = 20, .batch = 16, .optimizer = SgdOptions{.lr = 0.2f}};
+    const TrainOptions plain{
+        .epochs = 20, .batch = 16, .optimizer = SgdOptions{.lr = 0.2f}, .balance_classes = false};
     const auto [free_head, plain_rare] = train(plain, &base);
     TrainOptions pulled = plain;
     pulled.base_pull = 2.0f;

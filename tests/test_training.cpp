@@ -2,7 +2,8 @@
 // Datasets, without a database: the validation split, row selection for every replay policy,
 // the commit/rollback decision table, and the epoch loop's contract (N epochs in one call equal
 // the same epochs over several calls that carry optimizer, schedule and RNG), and the JSON of
-// TrainReport (to_json / from_json, common/json.hpp).
+// TrainReport (to_json / from_json, common/json.hpp); the rules of the default options (auto lr,
+// class balance, the few-shot split).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <numeric>
 #include <set>
 #include <tuple>
+#include <variant>
 
 #include "detail/training.hpp"
 #include "json.hpp"
@@ -254,32 +256,28 @@ TEST_CASE("decide: the commit/rollback table, row by row") {
     }
     SUBCASE("few-shot classes: validation and their shots weigh each class the same") {
         // Six held-out classes lose 5 points to a one-shot class that goes from never predicted
-        // to right: (6 * 0.85 + 1) / 7 > (6 * 0.9 + 0) / 7, and the loss, weighed alike, fell.
-        f.after = Metrics{.loss = 0.6, .accuracy = 0.85, .balanced_accuracy = 0.85, .samples = 20};
-        f.shots_before = Metrics{.loss = 9.0, .accuracy = 0, .balanced_accuracy = 0, .samples = 1};
-        f.shots_after = Metrics{.loss = 0.1, .accuracy = 1, .balanced_accuracy = 1, .samples = 1};
-        f.validation_classes = 6;
-        f.shot_classes = 1;
+        // to right: (6 * 0.85 + 1) / 7 > (6 * 0.9 + 0) / 7.
+        f.before->classes = 6;
+        f.after = Metrics{
+            .loss = 0.6, .accuracy = 0.85, .balanced_accuracy = 0.85, .samples = 20, .classes = 6};
+        f.shots_before =
+            Metrics{.loss = 9.0, .accuracy = 0, .balanced_accuracy = 0, .samples = 1, .classes = 1};
+        f.shots_after =
+            Metrics{.loss = 0.1, .accuracy = 1, .balanced_accuracy = 1, .samples = 1, .classes = 1};
         const Decision d = decide(f);
         CHECK(d.action == Action::commit_trained);
         CHECK(d.reason.find("judged on their 1 training shots: accuracy 0.000000 -> 1.000000") !=
               std::string::npos);
-        // The split alone (no class counts) rolls the same update back.
-        f.shot_classes = 0;
-        CHECK(decide(f).outcome == Outcome::rolled_back);
-        CHECK(decide(f).reason.find("validation got worse: ") == 0);
         // Old classes collapsing outweigh the one new class: rolled back, and the reason says
         // what was weighed.
-        f.shot_classes = 1;
-        f.after = Metrics{.loss = 3.0, .accuracy = 0.3, .balanced_accuracy = 0.3, .samples = 20};
+        f.after = Metrics{
+            .loss = 3.0, .accuracy = 0.3, .balanced_accuracy = 0.3, .samples = 20, .classes = 6};
         const Decision worse = decide(f);
         CHECK(worse.outcome == Outcome::rolled_back);
-        CHECK(worse.reason ==
-              "validation and the shots of the classes without a held-out sample, 6 + 1 classes "
-              "weighing the same, got worse: balanced accuracy 0.771429 -> 0.400000, loss "
-              "1.714286 -> 2.585714");
+        CHECK(worse.reason.find("validation got worse (with the few-shot classes' shots): ") == 0);
         // A guarded upgrade compares with the previous backbone's head: the split alone.
-        f.after = Metrics{.loss = 0.6, .accuracy = 0.85, .balanced_accuracy = 0.85, .samples = 20};
+        f.after = Metrics{
+            .loss = 0.6, .accuracy = 0.85, .balanced_accuracy = 0.85, .samples = 20, .classes = 6};
         f.from_base = true;
         f.guard_from_base = true;
         CHECK(decide(f).reason.find("validation got worse: ") == 0);
@@ -483,4 +481,131 @@ TEST_CASE("json: the writer's strings and numbers parse back") {
     CHECK(json_number(-INFINITY, 2) == "null");
     CHECK(parse_json("-1.5e3").number == -1500.0);
     CHECK(parse_json(" {\"a\" : [true, false, null]} ").find("a")->array.size() == 3);
+}
+
+TEST_CASE("auto_lr: the rule of TrainOptions::optimizer, and explicit lrs untouched") {
+    const auto adam_lr = [](const OptimizerSpec& s) { return std::get<AdamOptions>(s).lr; };
+    // The default is the sentinel, resolved per head.
+    CHECK(adam_lr(TrainOptions{}.optimizer) == auto_lr);
+    const OptimizerSpec automatic = TrainOptions{}.optimizer;
+    CHECK(adam_lr(resolve_optimizer(automatic, HeadSpec::linear(10))) == 1e-3f);
+    CHECK(adam_lr(resolve_optimizer(automatic, HeadSpec::mlp({8}, 100))) == 1e-3f);
+    CHECK(adam_lr(resolve_optimizer(automatic, HeadSpec::regression(3000))) == 1e-3f);
+    // Prototype heads: x clamp(3 / T, 1, 100).
+    CHECK(adam_lr(resolve_optimizer(automatic, HeadSpec::prototype(10))) == doctest::Approx(3e-2f));
+    CHECK(adam_lr(resolve_optimizer(automatic, HeadSpec::cosine_prototype(10, 1.0f))) ==
+          doctest::Approx(3e-3f));
+    CHECK(adam_lr(resolve_optimizer(automatic, HeadSpec::prototype(10, 10.0f))) == 1e-3f);
+    CHECK(adam_lr(resolve_optimizer(automatic, HeadSpec::prototype(10, 1e-3f))) ==
+          doctest::Approx(0.1f));
+    // A classifier wider than narrow_head: Adam and AdamW become SGD with momentum 0.9.
+    for (const OptimizerSpec& adam_kind :
+         {automatic, OptimizerSpec(AdamWOptions{.lr = auto_lr, .weight_decay = 0.5f})}) {
+        const OptimizerSpec wide = resolve_optimizer(adam_kind, HeadSpec::linear(narrow_head + 1));
+        REQUIRE(std::holds_alternative<SgdOptions>(wide));
+        CHECK(std::get<SgdOptions>(wide).lr == 5e-3f);
+        CHECK(std::get<SgdOptions>(wide).momentum == 0.9f);
+    }
+    CHECK(std::holds_alternative<AdamOptions>(
+        resolve_optimizer(automatic, HeadSpec::linear(narrow_head))));
+    // AdamW keeps its other options; SGD keeps its momentum, its lr 1e-2 (5e-3 when wide).
+    const OptimizerSpec adamw =
+        resolve_optimizer(AdamWOptions{.lr = auto_lr, .weight_decay = 0.5f}, HeadSpec::linear(3));
+    CHECK(std::get<AdamWOptions>(adamw).lr == 1e-3f);
+    CHECK(std::get<AdamWOptions>(adamw).weight_decay == 0.5f);
+    const OptimizerSpec sgd = SgdOptions{.lr = auto_lr, .momentum = 0.5f};
+    CHECK(std::get<SgdOptions>(resolve_optimizer(sgd, HeadSpec::linear(3))).lr == 1e-2f);
+    CHECK(std::get<SgdOptions>(resolve_optimizer(sgd, HeadSpec::linear(3))).momentum == 0.5f);
+    CHECK(std::get<SgdOptions>(resolve_optimizer(sgd, HeadSpec::linear(5000))).lr == 5e-3f);
+    // Explicit lrs stay as given on any head, Adam stays Adam on a wide head.
+    const OptimizerSpec explicit_adam = AdamOptions{.lr = 1e-3f};
+    CHECK(adam_lr(resolve_optimizer(explicit_adam, HeadSpec::linear(5000))) == 1e-3f);
+    CHECK(adam_lr(resolve_optimizer(AdamOptions{.lr = 0.0f}, HeadSpec::prototype(4))) == 0.0f);
+    // The default options pass validation; a negative lr that is not the sentinel does not.
+    CHECK_NOTHROW(validate_train_options(TrainOptions{}));
+    CHECK_THROWS_AS(validate_train_options({.optimizer = AdamOptions{.lr = -1.0f}}),
+                    InvalidArgument);
+    // start_loop builds the resolved optimizer: SGD for a 200-word head, at 5e-3.
+    Rng init(3);
+    Head wide_head(HeadSpec::linear(200), 4, init);
+    const TrainLoop loop = start_loop(wide_head, TrainOptions{}, nullptr, Rng(1), {});
+    CHECK(loop.optimizer->kind() == "sgd");
+    CHECK(loop.optimizer->lr() == 5e-3f);
+}
+
+TEST_CASE("balance_classes unset: on for narrow classifiers, off for wide ones; set: as set") {
+    CHECK_FALSE(TrainOptions{}.balance_classes.has_value());
+    CHECK(balances_classes({}, HeadSpec::linear(2)));
+    CHECK(balances_classes({}, HeadSpec::prototype(narrow_head)));
+    CHECK_FALSE(balances_classes({}, HeadSpec::linear(narrow_head + 1)));
+    CHECK_FALSE(balances_classes({}, HeadSpec::regression(2)));
+    CHECK_FALSE(balances_classes({.balance_classes = false}, HeadSpec::linear(2)));
+    CHECK(balances_classes({.balance_classes = true}, HeadSpec::linear(5000)));
+    // prepare_loss follows the rule: weights on a narrow head by default, none when wide.
+    const Dataset d = make_dataset(30, 3, 4, 9);
+    std::vector<std::size_t> rows = {0, 1, 2, 3, 6, 9};  // class 0 four times
+    Rng init(4);
+    Head narrow(HeadSpec::linear(3), 4, init);
+    const Head base(HeadSpec::linear(3), 4, init);
+    std::vector<bool> seen(3, false);
+    CHECK(prepare_loss(narrow, seen, d, rows, {}, base).ce.class_weights.size() == 3);
+    Head wide(HeadSpec::linear(narrow_head + 1), 4, init);
+    const Head wide_base(HeadSpec::linear(narrow_head + 1), 4, init);
+    std::vector<bool> wide_seen(narrow_head + 1, false);
+    CHECK(prepare_loss(wide, wide_seen, d, rows, {}, wide_base).ce.class_weights.empty());
+}
+
+TEST_CASE("class_is_split: a class is split at >= 5 samples and >= 2 expected held out") {
+    CHECK_FALSE(class_is_split(4, 0.9f));
+    CHECK(class_is_split(5, 0.4f));
+    CHECK_FALSE(class_is_split(5, 0.2f));  // 20% of 5 shots: kept whole
+    CHECK_FALSE(class_is_split(9, 0.2f));
+    CHECK(class_is_split(10, 0.2f));
+    CHECK_FALSE(class_is_split(19, 0.1f));
+    CHECK(class_is_split(20, 0.1f));
+    CHECK_FALSE(class_is_split(1000, 0.0f));
+    // mark_validation: a 9-sample class at the default fraction keeps all of them.
+    Dataset d = make_dataset(209, 2, 4, 5);                   // classes 0 and 1, 105 and 104 rows
+    for (std::size_t i = 0; i < 9; ++i) d.labels[i * 2] = 2;  // 9 rows of class 2
+    mark_validation(d, HeadSpec::linear(3), 7, PersonalizerOptions{}.validation_fraction);
+    for (std::size_t i = 0; i < 9; ++i) CHECK_FALSE(d.validation[i * 2]);
+    CHECK(std::count(d.validation.begin(), d.validation.end(), true) > 20);
+}
+
+TEST_CASE("decide: few-shot classes and the validation split are judged together") {
+    using Outcome = TrainReport::Outcome;
+    // Six old classes on the split lose 10 points; four new classes, judged on their shots,
+    // go from 0 to 90%: the class-balanced whole gained, the update commits.
+    RunFacts f{.from_base = false, .classifies = true, .tolerance = 0.02f, .steps = 12};
+    f.before = Metrics{
+        .loss = 0.2, .accuracy = 0.9, .balanced_accuracy = 0.9, .samples = 30, .classes = 6};
+    f.after = Metrics{
+        .loss = 0.5, .accuracy = 0.8, .balanced_accuracy = 0.8, .samples = 30, .classes = 6};
+    f.shots_before = Metrics{
+        .loss = 3.0, .accuracy = 0.0, .balanced_accuracy = 0.0, .samples = 20, .classes = 4};
+    f.shots_after = Metrics{
+        .loss = 0.3, .accuracy = 0.9, .balanced_accuracy = 0.9, .samples = 20, .classes = 4};
+    Decision d = decide(f);
+    CHECK(d.action == Action::commit_trained);
+    CHECK(d.outcome == Outcome::committed);
+    // The split alone would have rolled it back.
+    RunFacts alone = f;
+    alone.shots_before.reset();
+    alone.shots_after.reset();
+    CHECK(decide(alone).outcome == Outcome::rolled_back);
+    // The split's classes may not lose more than 0.25 for shots fitted perfectly.
+    RunFacts forgot = f;
+    forgot.after = Metrics{
+        .loss = 2.0, .accuracy = 0.6, .balanced_accuracy = 0.6, .samples = 30, .classes = 6};
+    forgot.shots_after = Metrics{
+        .loss = 0.0, .accuracy = 1.0, .balanced_accuracy = 1.0, .samples = 20, .classes = 4};
+    CHECK(decide(forgot).outcome == Outcome::rolled_back);
+    forgot.after->balanced_accuracy = 0.7;  // a loss of 0.2: the joint gain decides
+    CHECK(decide(forgot).outcome == Outcome::committed);
+    // New classes that learned nothing: the whole lost (0.54 -> 0.48), the loss rose.
+    f.shots_after = f.shots_before;
+    d = decide(f);
+    CHECK(d.outcome == Outcome::rolled_back);
+    CHECK(d.reason.find("validation got worse (with the few-shot classes' shots): "
+                        "{\"loss\":1.32,\"accuracy\":0.54,\"balanced_accuracy\":0.54") == 0);
 }

@@ -183,11 +183,17 @@ class Personalizer:
         self.lib.call(self.lib.c.et_add_floats, self.handle, data, n, width, ys, ids)
         return list(ids)
 
-    def train(self, epochs=5, learning_rate=1e-3, batch=32, optimizer="adam", on_progress=None):
-        """on_progress(step, epoch, loss) -> truthy to cancel. Returns a TrainReport."""
+    def train(self, epochs=None, learning_rate=None, batch=None, optimizer="adam",
+              on_progress=None):
+        """on_progress(step, epoch, loss) -> truthy to cancel. Returns a TrainReport.
+        None keeps the C default (et_train_options_default: learning_rate chosen from the
+        head, ET_AUTO_LR)."""
         o = TrainOptions()
         self.lib.c.et_train_options_default(C.byref(o), C.sizeof(o))
-        o.epochs, o.learning_rate, o.batch = epochs, learning_rate, batch
+        for name, value in (("epochs", epochs), ("learning_rate", learning_rate),
+                            ("batch", batch)):
+            if value is not None:
+                setattr(o, name, value)
         o.optimizer = OPTIMIZERS[optimizer]
         if on_progress is not None:  # kept alive in this frame for the whole call
             callback = PROGRESS_FN(

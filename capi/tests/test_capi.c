@@ -219,8 +219,9 @@ static void test_defaults(void) {
     CHECK(et_train_options_default(NULL, sizeof t) == ET_ERR_INVALID_ARGUMENT);
     CHECK(et_train_options_default(&t, 4) == ET_ERR_INVALID_ARGUMENT);
     CHECK(et_train_options_default(&t, sizeof t) == ET_OK);
-    CHECK(t.struct_size == sizeof t && t.epochs == 5 && t.batch == 32);
-    CHECK(t.optimizer == ET_OPTIMIZER_ADAM && t.learning_rate == 1e-3f);
+    CHECK(t.struct_size == sizeof t && t.epochs == 10 && t.batch == 32);
+    CHECK(t.optimizer == ET_OPTIMIZER_ADAM && t.learning_rate == ET_AUTO_LR);
+    CHECK(t.balance_classes == -1);
     CHECK(t.replay == ET_REPLAY_ALL && t.tolerance == 0.02f && t.on_progress == NULL);
     CHECK(et_train_report_default(&r, sizeof r) == ET_OK && r.struct_size == sizeof r);
     CHECK(et_train_report_default(&r, 1) == ET_ERR_INVALID_ARGUMENT);
@@ -855,7 +856,7 @@ static void test_abi1_sizes(void) {
     et_train_report r;
     et_error* err = NULL;
     CHECK(et_train_options_default(&t, options_abi1 - 1) == ET_ERR_INVALID_ARGUMENT);
-    CHECK(et_train_options_default(&t, options_abi1) == ET_OK && t.epochs == 5);
+    CHECK(et_train_options_default(&t, options_abi1) == ET_OK && t.epochs == 10);
     memset(&r, 0xAB, sizeof r);
     CHECK(et_train_report_default(&r, report_abi1) == ET_OK);
     CHECK(r.resumed == (int32_t)0xABABABAB);

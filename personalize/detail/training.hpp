@@ -61,9 +61,16 @@ Dataset dataset_of(std::span<const Sample> samples, Matrix features, const HeadS
 
 // A class with fewer stored samples than this keeps all of them for training (no split).
 constexpr std::int64_t min_class_for_split = 5;
+// Nor is a class split whose expected held-out count, fraction x its samples, is below this:
+// at the default 0.2 a class keeps all of its first 9 shots (the few-shot guard judges it on
+// them, RunFacts::shots_before) instead of giving one of 5 to a one-sample validation.
+constexpr double min_expected_held_out = 2.0;
 
-// Sets d.validation: a row is held out when its class has at least min_class_for_split rows
-// and a hash of its feature row and label (seeded) falls below `fraction`. The side a sample is
+// Whether a class of `samples` rows is split at `fraction` (the two thresholds above).
+bool class_is_split(std::int64_t samples, float fraction);
+
+// Sets d.validation: a row is held out when class_is_split for its class and a hash of its
+// feature row and label (seeded) falls below `fraction`. The side a sample is
 // on depends on its content, never its id, so forget() + retrain equals never having added it.
 // NOTE: stratified in expectation only; a class with few samples may have none held out.
 void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float fraction);
@@ -90,9 +97,16 @@ struct LossTerms {
     float base_pull = 0.0f;
 };
 
+// Classifiers up to this many outputs are "narrow": the auto rules of TrainOptions (lr and
+// balance_classes) treat wider ones (a vocabulary) differently.
+constexpr std::int64_t narrow_head = 100;
+
+// TrainOptions::balance_classes as set, or its auto rule for `spec` when unset.
+bool balances_classes(const TrainOptions& o, const HeadSpec& spec);
+
 // Prototype heads: classes in `train_rows` not yet in `seen` start at their class mean. Marks
 // the trained classes in `seen`; computes inverse-frequency class weights when
-// o.balance_classes; copies the base head's parameters when o.base_pull > 0.
+// balances_classes(o, ..); copies the base head's parameters when o.base_pull > 0.
 LossTerms prepare_loss(Head& head, std::vector<bool>& seen, const Dataset& d,
                        const std::vector<std::size_t>& train_rows, const TrainOptions& o,
                        const Head& base);
@@ -130,8 +144,19 @@ std::vector<std::size_t> mix_new_rows(const std::vector<std::size_t>& order,
                                       const std::vector<bool>& is_new, std::size_t batch,
                                       float share);
 
-// Fresh optimizer and schedule over head.parameters(); with `resume`, the saved optimizer state
-// is continued when its kind matches (lr stays the option's), else the moments start fresh.
+// The lr train() uses for TrainOptions::optimizer's auto_lr on `head` (the rule is documented
+// at TrainOptions::optimizer): `sgd` for SgdOptions, else Adam/AdamW.
+float auto_lr_for(const HeadSpec& head, bool sgd);
+
+// A classifier wider than narrow_head (the auto rules treat it as a vocabulary).
+bool wide_classifier(const HeadSpec& head);
+
+// `spec` with an lr of auto_lr replaced by auto_lr_for(head, ..); any other lr unchanged.
+OptimizerSpec resolve_optimizer(const OptimizerSpec& spec, const HeadSpec& head);
+
+// Fresh optimizer (its auto_lr resolved for head.spec()) and schedule over head.parameters(); with
+// `resume`, the saved optimizer state is continued when its kind matches (lr stays the option's),
+// else the moments start fresh.
 TrainLoop start_loop(Head& head, const TrainOptions& o, const OptimizerState* resume, Rng rng,
                      std::vector<std::size_t> rows);
 
@@ -213,9 +238,6 @@ struct RunFacts {
     // Classes trained on that have no validation sample (1-4 shots): their training shots'
     // metrics before and after (after only when healthy()); unset when there are none.
     std::optional<Metrics> shots_before{}, shots_after{};
-    // Classes present in the validation rows and in those shots (classes_in): what the guard
-    // weighs the two by when both exist.
-    std::int64_t validation_classes = 0, shot_classes = 0;
     // Neither cancelled nor diverged: the trained head may be evaluated.
     bool healthy() const {
         return stop.why != LoopStop::Why::cancelled && stop.why != LoopStop::Why::diverged &&
@@ -227,8 +249,6 @@ struct RunFacts {
 // validation split leaves whole), ascending.
 std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows);
 
-// How many classes have at least one of `rows` of d (0 for a regression Dataset).
-std::int64_t classes_in(const Dataset& d, const std::vector<std::size_t>& rows);
 
 // A run with nothing to train (an empty store, no training rows, or epochs = 0 on an
 // incremental run of a head that is not a prototype head: a prototype head with epochs = 0
@@ -244,9 +264,11 @@ std::optional<Decision> decide_untrained(bool store_empty, bool no_train_rows, b
 //   diverged or NaN val. loss  incremental: roll back
 //                              from base:   commit the base head (committed)
 //   incremental (or a guarded upgrade), validation worse by more than the tolerance: roll back
-//     (with few-shot classes that have no held-out sample: validation and their shots together,
-//     each class weighing the same, see decision.cpp)
-//   incremental, the few-shot classes worse on their shots: roll back
+//                              (with few-shot classes, RunFacts::shots_*: the split's classes
+//                              and theirs judged together, each class by its held-out samples
+//                              or its shots, balanced over classes, the loss too;
+//                              and the split's own classes worse by more than 0.25)
+//   few-shot classes worse on their own shots: roll back
 //   otherwise                  commit the trained head
 // "Worse" for classification: balanced accuracy dropped by more than the tolerance AND the
 // loss did not improve; for regression: the loss rose by more than the tolerance fraction.
