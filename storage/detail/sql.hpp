@@ -111,13 +111,93 @@ CREATE TABLE classes(
 CREATE INDEX classes_by_label ON classes(label);
 )";
 
+// v4: what retention and counting need without scanning the store, kept by the schema itself.
+//   * samples.slot: the samples a reservoir may evict (id <= store.trained_upto, or every sample
+//     when that key is absent) hold the dense slots 0 .. K-1, in no particular order; the others
+//     hold NULL. A reservoir eviction draws a slot and deletes the one sample that holds it: one
+//     index seek. A sample that leaves the slots (deleted, or unslotted when the watermark moves
+//     down) hands its slot to the holder of the highest one, so the slots stay dense.
+//   * meta store.samples: the number of stored samples.
+//   * classes.samples: the number of stored samples of each class.
+//   * feature_counts: the number of cached feature rows of each digest, so "does any sample
+//     lack features" is a comparison of two counts (features rows always belong to a stored
+//     sample and there is at most one per digest and sample).
+// The triggers keep all of it on every insert and delete, whatever statement does it (the
+// cascade from samples to features too).
+// NOTE: an UPDATE of samples.label (remove_class's shift) leaves classes.samples alone: the
+// shifted class rows keep their counts, which is right because their samples shift with them.
+inline constexpr char schema_v4[] = R"(
+ALTER TABLE samples ADD COLUMN slot INTEGER;
+ALTER TABLE classes ADD COLUMN samples INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX samples_by_slot ON samples(slot);
+CREATE TRIGGER samples_counted AFTER INSERT ON samples BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'store.samples';
+    UPDATE classes SET samples = samples + 1 WHERE label = new.label;
+    UPDATE samples SET slot = coalesce((SELECT max(slot) FROM samples), -1) + 1
+        WHERE id = new.id AND new.id <= coalesce((SELECT CAST(value AS INTEGER) FROM meta
+                                                 WHERE key = 'store.trained_upto'),
+                                                9223372036854775807);
+END;
+CREATE TRIGGER samples_uncounted AFTER DELETE ON samples BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'store.samples';
+    UPDATE classes SET samples = samples - 1 WHERE label = old.label;
+    UPDATE samples SET slot = old.slot
+        WHERE old.slot IS NOT NULL AND slot = (SELECT max(slot) FROM samples) AND slot > old.slot;
+END;
+CREATE TRIGGER samples_unslotted AFTER UPDATE OF slot ON samples
+    WHEN old.slot IS NOT NULL AND new.slot IS NULL BEGIN
+    UPDATE samples SET slot = old.slot
+        WHERE slot = (SELECT max(slot) FROM samples) AND slot > old.slot;
+END;
+CREATE TABLE feature_counts(
+    backbone_digest TEXT PRIMARY KEY NOT NULL,
+    rows INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER features_counted AFTER INSERT ON features BEGIN
+    INSERT INTO feature_counts(backbone_digest, rows) VALUES (new.backbone_digest, 1)
+        ON CONFLICT (backbone_digest) DO UPDATE SET rows = rows + 1;
+END;
+CREATE TRIGGER features_uncounted AFTER DELETE ON features BEGIN
+    UPDATE feature_counts SET rows = rows - 1 WHERE backbone_digest = old.backbone_digest;
+END;
+CREATE TABLE held_out(
+    sample_id INTEGER PRIMARY KEY REFERENCES samples(id) ON DELETE CASCADE
+);
+)";
+// The v4 data of an older store (migrate() in sample_store.cpp): the counts, then the slots of
+// the samples up to ?1 (the watermark, or the largest int64 when there is none) in id order.
+inline constexpr char fill_sample_count[] =
+    "INSERT INTO meta(key, value) VALUES ('store.samples', (SELECT count(*) FROM samples)) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+inline constexpr char fill_feature_counts[] =
+    "INSERT INTO feature_counts(backbone_digest, rows) "
+    "SELECT backbone_digest, count(*) FROM features GROUP BY backbone_digest";
+inline constexpr char fill_class_counts[] =
+    "UPDATE classes SET samples = (SELECT count(*) FROM samples s WHERE s.label = classes.label)";
+// Slots ?3, ?3 + 1, ... to the samples with ?1 < id <= ?2, in id order.
+inline constexpr char slot_range[] =
+    "UPDATE samples SET slot = r.k FROM (SELECT id, ?3 + row_number() OVER (ORDER BY id) - 1 AS k "
+    "FROM samples WHERE id > ?1 AND id <= ?2) AS r WHERE samples.id = r.id";
+inline constexpr char slotted_ids_above[] =
+    "SELECT id FROM samples WHERE id > ?1 AND slot IS NOT NULL ORDER BY id DESC";
+inline constexpr char unslot_sample[] = "UPDATE samples SET slot = NULL WHERE id = ?1";
+inline constexpr char slot_count[] = "SELECT coalesce(max(slot), -1) + 1 FROM samples";
+// Deletes the sample holding slot ?1; returns its id.
+inline constexpr char delete_slot[] = "DELETE FROM samples WHERE slot = ?1 RETURNING id";
+inline constexpr char id_at_slot[] = "SELECT id FROM samples WHERE slot = ?1";
+
+// --- the held-out set (v4) -------------------------------------------------------------------
+inline constexpr char insert_held_out[] = "INSERT OR IGNORE INTO held_out(sample_id) VALUES (?1)";
+inline constexpr char select_held_out[] = "SELECT sample_id FROM held_out ORDER BY sample_id";
+inline constexpr char is_held_out[] = "SELECT 1 FROM held_out WHERE sample_id = ?1";
+inline constexpr char clear_held_out[] = "DELETE FROM held_out";
+
 // --- classes ---------------------------------------------------------------------------------
 inline constexpr char insert_class[] =
     "INSERT INTO classes(label, name, created_at) VALUES (?1, ?2, ?3)";
 inline constexpr char count_classes[] = "SELECT count(*) FROM classes";
 inline constexpr char select_classes[] =
-    "SELECT c.label, c.name, c.created_at, "
-    "(SELECT count(*) FROM samples s WHERE s.label = c.label) FROM classes c ORDER BY c.label";
+    "SELECT label, name, created_at, samples FROM classes ORDER BY label";
 inline constexpr char select_class_by_name[] = "SELECT label FROM classes WHERE name = ?1";
 inline constexpr char rename_class[] = "UPDATE classes SET name = ?2 WHERE label = ?1";
 inline constexpr char delete_class[] = "DELETE FROM classes WHERE label = ?1";
@@ -140,28 +220,23 @@ inline constexpr char select_samples_after[] =
 inline constexpr char select_samples_after_no_input[] =
     "SELECT id, created_at, label, target, weight FROM samples WHERE id > ?1 "
     "ORDER BY id LIMIT ?2";
-inline constexpr char count_samples[] = "SELECT count(*) FROM samples";
-inline constexpr char count_samples_upto[] = "SELECT count(*) FROM samples WHERE id <= ?1";
-inline constexpr char count_per_label[] =
-    "SELECT label, count(*) FROM samples WHERE label IS NOT NULL GROUP BY label";
+inline constexpr char count_per_label[] = "SELECT label, samples FROM classes";
+inline constexpr char class_count[] = "SELECT samples FROM classes WHERE label = ?1";
 inline constexpr char select_all_ids[] = "SELECT id FROM samples ORDER BY id";
 inline constexpr char select_ids_of_label[] = "SELECT id FROM samples WHERE label = ?1 ORDER BY id";
 inline constexpr char select_recent_ids[] =
     "SELECT id FROM (SELECT id FROM samples ORDER BY id DESC LIMIT ?1) ORDER BY id";
 inline constexpr char select_ids_after[] =
     "SELECT id FROM samples WHERE id > ?1 ORDER BY id LIMIT ?2";
-inline constexpr char select_id_at_offset[] =
-    "SELECT id FROM samples ORDER BY id LIMIT 1 OFFSET ?1";
 inline constexpr char delete_sample[] = "DELETE FROM samples WHERE id = ?1";
 inline constexpr char delete_samples_before[] = "DELETE FROM samples WHERE created_at < ?1";
-// Keeps the ?1 + 1 highest ids; returns the deleted ids.
-inline constexpr char trim_to_newest[] =
-    "DELETE FROM samples WHERE id < "
-    "(SELECT id FROM samples ORDER BY id DESC LIMIT 1 OFFSET ?1) RETURNING id";
-// Keeps the ?2 + 1 highest ids of class ?1; returns the deleted ids.
-inline constexpr char trim_class_to_newest[] =
-    "DELETE FROM samples WHERE label = ?1 AND id < "
-    "(SELECT id FROM samples WHERE label = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2) RETURNING id";
+// Deletes the ?1 lowest ids; returns them.
+inline constexpr char delete_oldest[] =
+    "DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id LIMIT ?1) RETURNING id";
+// Deletes the ?2 lowest ids of class ?1; returns them.
+inline constexpr char delete_oldest_of_class[] =
+    "DELETE FROM samples WHERE id IN "
+    "(SELECT id FROM samples WHERE label = ?1 ORDER BY id LIMIT ?2) RETURNING id";
 
 // --- features ------------------------------------------------------------------------------
 inline constexpr char upsert_feature[] =
@@ -174,6 +249,8 @@ inline constexpr char select_features_in_range[] =
     "AND sample_id BETWEEN ?2 AND ?3 ORDER BY sample_id";
 inline constexpr char select_feature_bytes[] =
     "SELECT length(value) FROM features WHERE backbone_digest = ?1 LIMIT 1";
+inline constexpr char feature_rows_of_digest[] =
+    "SELECT coalesce((SELECT rows FROM feature_counts WHERE backbone_digest = ?1), 0)";
 inline constexpr char select_ids_missing_features[] =
     "SELECT s.id FROM samples s WHERE NOT EXISTS "
     "(SELECT 1 FROM features f WHERE f.backbone_digest = ?1 AND f.sample_id = s.id) "
