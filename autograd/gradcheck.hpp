@@ -137,22 +137,17 @@ inline bool same_to_rounding(const Matrix& got, const Matrix& want, const Matrix
 
 }  // namespace gradcheck_detail
 
-// Checks f's backward at `inputs` (values and requires_grad flags are copied into fresh leaves
-// and adjusted per opts.domain(s); the caller's Vars are not modified). Throws InvalidArgument
-// for bad options; exceptions thrown by f propagate. Fails (ok == false) when no input
-// requires grad, so a test cannot pass by checking nothing.
-inline GradCheckResult gradcheck(const GradCheckFn& f, const std::vector<Var>& inputs,
-                                 const GradCheckOptions& opts = {}) {
-    namespace gd = gradcheck_detail;
+namespace gradcheck_detail {
+
+// Fresh leaves: the inputs' values moved into their domains, their requires_grad flags copied.
+// Throws InvalidArgument for bad options or an empty input.
+inline std::vector<Var> make_leaves(const std::vector<Var>& inputs, const GradCheckOptions& opts) {
     if (!(opts.eps > 0.0) || !(opts.atol >= 0.0) || !(opts.rtol >= 0.0))
         throw InvalidArgument("[gradcheck] eps must be > 0, atol and rtol >= 0");
     if (opts.domains.size() > inputs.size())
         throw InvalidArgument("[gradcheck] " + std::to_string(opts.domains.size()) +
                               " domains for " + std::to_string(inputs.size()) + " inputs");
-
-    GradCheckResult result;
     std::vector<Var> leaves;
-    bool any_requires_grad = false;
     for (std::size_t k = 0; k < inputs.size(); ++k) {
         if (!inputs[k].defined())
             throw InvalidArgument("[gradcheck] input " + std::to_string(k) + " is empty");
@@ -160,111 +155,100 @@ inline GradCheckResult gradcheck(const GradCheckFn& f, const std::vector<Var>& i
         const float margin = domain == InputDomain::positive ? opts.positive_min : opts.kink_margin;
         if (domain != InputDomain::any && !(static_cast<double>(margin) > opts.eps))
             throw InvalidArgument("[gradcheck] input " + std::to_string(k) + ": margin " +
-                                  gd::num_str(margin) + " must exceed eps " +
-                                  gd::num_str(opts.eps));
+                                  num_str(margin) + " must exceed eps " + num_str(opts.eps));
         Matrix value = inputs[k].value();
-        gd::apply_domain(value, domain, opts);
+        apply_domain(value, domain, opts);
         leaves.emplace_back(std::move(value), inputs[k].requires_grad());
-        any_requires_grad = any_requires_grad || inputs[k].requires_grad();
     }
-    if (!any_requires_grad) {
-        result.message = "no input requires grad: nothing to check";
-        return result;
-    }
+    return leaves;
+}
 
-    // Analytic gradient of L = sum(out ⊙ R).
-    Rng rng(opts.seed);
-    Var out = f(leaves);
-    if (!out.defined()) {
-        result.message = "f returned an empty Var";
-        return result;
-    }
-    if (!out.requires_grad()) {
-        result.message = "output does not require grad although an input does";
-        return result;
-    }
-    const Matrix out_value = out.value();
-    if (!out_value.allFinite()) {
-        result.message = "output " + shape_str(out_value) + " is not finite";
-        return result;
-    }
-    const Matrix projection = gd::random_normal(out_value.rows(), out_value.cols(), rng);
+// The leaves' gradients after one backward of `projection` through `out` (an empty Matrix for a
+// leaf that does not require grad); "" or what is wrong in `message`.
+inline std::vector<Matrix> analytic_grads(const Var& out, const Matrix& projection,
+                                          const std::vector<Var>& leaves, std::string& message) {
     backward(out, projection);
     std::vector<Matrix> analytic;
     for (std::size_t k = 0; k < leaves.size(); ++k) {
         if (!leaves[k].requires_grad()) {
             if (leaves[k].has_grad()) {
-                result.message =
+                message =
                     "input " + std::to_string(k) + " does not require grad but received a gradient";
-                return result;
+                return analytic;
             }
             analytic.emplace_back();
             continue;
         }
-        analytic.push_back(gd::grad_or_zeros(leaves[k]));
+        analytic.push_back(grad_or_zeros(leaves[k]));
         if (analytic[k].rows() != leaves[k].rows() || analytic[k].cols() != leaves[k].cols()) {
-            result.message = "input " + std::to_string(k) + ": gradient has shape " +
-                             shape_str(analytic[k]) + ", value has shape " +
-                             shape_str(leaves[k].value());
-            return result;
+            message = "input " + std::to_string(k) + ": gradient has shape " +
+                      shape_str(analytic[k]) + ", value has shape " + shape_str(leaves[k].value());
+            return analytic;
         }
     }
+    return analytic;
+}
 
-    // Accumulation: a second backward over the same graph gives 2g; a backward over a fresh
-    // graph into a gradient prefilled with G0 gives G0 + g.
-    if (opts.check_accumulation) {
-        backward(out, projection);
-        for (std::size_t k = 0; k < leaves.size(); ++k) {
-            if (!leaves[k].requires_grad() || !leaves[k].has_grad()) continue;
-            const Matrix twice = 2.0f * analytic[k];
-            if (!gd::same_to_rounding(leaves[k].grad(), twice, twice.cwiseAbs(), k,
-                                      "a second backward over the same graph", result.message))
-                return result;
-        }
-        std::vector<Matrix> prefill;
-        for (std::size_t k = 0; k < leaves.size(); ++k) {
-            prefill.push_back(gd::random_normal(leaves[k].rows(), leaves[k].cols(), rng));
-            if (leaves[k].requires_grad() && leaves[k].has_grad())
-                leaves[k].grad_mut() = prefill[k];
-        }
-        Var again = f(leaves);
-        backward(again, projection);
-        for (std::size_t k = 0; k < leaves.size(); ++k) {
-            if (!leaves[k].requires_grad() || !leaves[k].has_grad()) continue;
-            const Matrix want = prefill[k] + analytic[k];
-            const Matrix scale = prefill[k].cwiseAbs() + analytic[k].cwiseAbs();
-            if (!gd::same_to_rounding(leaves[k].grad(), want, scale, k,
-                                      "a backward into a prefilled gradient G0", result.message))
-                return result;
-        }
+// Accumulation: a second backward over the same graph gives 2g; a backward over a fresh
+// graph into a gradient prefilled with G0 gives G0 + g.
+inline bool check_accumulation(const GradCheckFn& f, const Var& out, const Matrix& projection,
+                               std::vector<Var>& leaves, const std::vector<Matrix>& analytic,
+                               Rng& rng, std::string& message) {
+    backward(out, projection);
+    for (std::size_t k = 0; k < leaves.size(); ++k) {
+        if (!leaves[k].requires_grad() || !leaves[k].has_grad()) continue;
+        const Matrix twice = 2.0f * analytic[k];
+        if (!same_to_rounding(leaves[k].grad(), twice, twice.cwiseAbs(), k,
+                              "a second backward over the same graph", message))
+            return false;
     }
+    std::vector<Matrix> prefill;
+    for (std::size_t k = 0; k < leaves.size(); ++k) {
+        prefill.push_back(random_normal(leaves[k].rows(), leaves[k].cols(), rng));
+        if (leaves[k].requires_grad() && leaves[k].has_grad()) leaves[k].grad_mut() = prefill[k];
+    }
+    Var again = f(leaves);
+    backward(again, projection);
+    for (std::size_t k = 0; k < leaves.size(); ++k) {
+        if (!leaves[k].requires_grad() || !leaves[k].has_grad()) continue;
+        const Matrix want = prefill[k] + analytic[k];
+        const Matrix scale = prefill[k].cwiseAbs() + analytic[k].cwiseAbs();
+        if (!same_to_rounding(leaves[k].grad(), want, scale, k,
+                              "a backward into a prefilled gradient G0", message))
+            return false;
+    }
+    return true;
+}
 
-    // Numeric gradient, on separate leaves under NoGrad (no graph recorded).
-    NoGrad no_grad;
-    std::vector<Var> probes;
-    for (const Var& leaf : leaves) probes.emplace_back(leaf.value(), leaf.requires_grad());
+// Under NoGrad, f records no graph and gives the same output as with grad.
+inline bool check_no_grad(const GradCheckFn& f, const std::vector<Var>& probes,
+                          const Matrix& out_value, std::string& message) {
+    const Var o = f(probes);
+    bool is_input = false;  // identity ops (dropout in eval) may return their input
+    for (const Var& probe : probes) is_input = is_input || o.identity() == probe.identity();
+    if (o.requires_grad() && !is_input) {
+        message = "output requires grad under NoGrad (a graph was recorded)";
+        return false;
+    }
+    if (o.rows() != out_value.rows() || o.cols() != out_value.cols() || o.value() != out_value) {
+        message = "output under NoGrad differs from the output with grad";
+        return false;
+    }
+    return true;
+}
+
+// Central differences of L = sum(f(probes) ⊙ projection) at every element of every probe
+// that requires grad, against `analytic`; fills the result's errors and names the worst element.
+inline void compare_numeric(const GradCheckFn& f, std::vector<Var>& probes, const Matrix& out_value,
+                            const Matrix& projection, const std::vector<Matrix>& analytic,
+                            const GradCheckOptions& opts, GradCheckResult& result) {
     const auto evaluate = [&]() -> double {
         const Var o = f(probes);
         if (o.rows() != out_value.rows() || o.cols() != out_value.cols())
             throw InvalidArgument("[gradcheck] output shape changed from " + shape_str(out_value) +
                                   " to " + shape_str(o.value()));
-        return gd::project(o.value(), projection);
+        return project(o.value(), projection);
     };
-    {
-        const Var o = f(probes);
-        bool is_input = false;  // identity ops (dropout in eval) may return their input
-        for (const Var& probe : probes) is_input = is_input || o.identity() == probe.identity();
-        if (o.requires_grad() && !is_input) {
-            result.message = "output requires grad under NoGrad (a graph was recorded)";
-            return result;
-        }
-        if (o.rows() != out_value.rows() || o.cols() != out_value.cols() ||
-            o.value() != out_value) {
-            result.message = "output under NoGrad differs from the output with grad";
-            return result;
-        }
-    }
-
     std::size_t failures = 0;
     double worst_excess = -1.0;  // (|a - n| - tol) of the worst failing element
     for (std::size_t k = 0; k < probes.size(); ++k) {
@@ -297,20 +281,67 @@ inline GradCheckResult gradcheck(const GradCheckFn& f, const std::vector<Var>& i
                     const double excess = std::isfinite(err) ? err - tol : HUGE_VAL;
                     if (excess > worst_excess) {
                         worst_excess = excess;
-                        result.message = gd::element_str(k, r, c) + ": analytic " + gd::num_str(a) +
-                                         " vs numeric " + gd::num_str(numeric) + " (|error| " +
-                                         gd::num_str(err) + " > tolerance " + gd::num_str(tol) +
-                                         ")";
+                        result.message = element_str(k, r, c) + ": analytic " + num_str(a) +
+                                         " vs numeric " + num_str(numeric) + " (|error| " +
+                                         num_str(err) + " > tolerance " + num_str(tol) + ")";
                     }
                 }
             }
         }
     }
-    if (failures > 0) {
+    if (failures > 0)
         result.message += "; " + std::to_string(failures) + " element(s) failed in total";
+}
+
+}  // namespace gradcheck_detail
+
+// Checks f's backward at `inputs` (values and requires_grad flags are copied into fresh leaves
+// and adjusted per opts.domain(s); the caller's Vars are not modified). Throws InvalidArgument
+// for bad options; exceptions thrown by f propagate. Fails (ok == false) when no input
+// requires grad, so a test cannot pass by checking nothing.
+inline GradCheckResult gradcheck(const GradCheckFn& f, const std::vector<Var>& inputs,
+                                 const GradCheckOptions& opts = {}) {
+    namespace gd = gradcheck_detail;
+    GradCheckResult result;
+    std::vector<Var> leaves = gd::make_leaves(inputs, opts);
+    bool any_requires_grad = false;
+    for (const Var& leaf : leaves) any_requires_grad = any_requires_grad || leaf.requires_grad();
+    if (!any_requires_grad) {
+        result.message = "no input requires grad: nothing to check";
         return result;
     }
-    result.ok = true;
+
+    // Analytic gradient of L = sum(out ⊙ R).
+    Rng rng(opts.seed);
+    Var out = f(leaves);
+    if (!out.defined()) {
+        result.message = "f returned an empty Var";
+        return result;
+    }
+    if (!out.requires_grad()) {
+        result.message = "output does not require grad although an input does";
+        return result;
+    }
+    const Matrix out_value = out.value();
+    if (!out_value.allFinite()) {
+        result.message = "output " + shape_str(out_value) + " is not finite";
+        return result;
+    }
+    const Matrix projection = gd::random_normal(out_value.rows(), out_value.cols(), rng);
+    const std::vector<Matrix> analytic =
+        gd::analytic_grads(out, projection, leaves, result.message);
+    if (!result.message.empty()) return result;
+    if (opts.check_accumulation &&
+        !gd::check_accumulation(f, out, projection, leaves, analytic, rng, result.message))
+        return result;
+
+    // Numeric gradient, on separate leaves under NoGrad (no graph recorded).
+    NoGrad no_grad;
+    std::vector<Var> probes;
+    for (const Var& leaf : leaves) probes.emplace_back(leaf.value(), leaf.requires_grad());
+    if (!gd::check_no_grad(f, probes, out_value, result.message)) return result;
+    gd::compare_numeric(f, probes, out_value, projection, analytic, opts, result);
+    result.ok = result.message.empty();
     return result;
 }
 

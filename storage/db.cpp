@@ -78,7 +78,7 @@ public:
         if (!thread_.joinable()) {
             try {
                 thread_ = std::thread([this] { run(); });
-            } catch (const std::system_error&) {
+            } catch (const std::exception&) {  // system_error, or bad_alloc for its state
                 no_thread_ = true;  // the writer checkpoints, as with SQLite's auto-checkpoint
                 return;
             }
