@@ -34,6 +34,11 @@ double split_draw(const float* row, Index width, std::int32_t label, std::uint64
 
 }  // namespace
 
+bool drawn_for_validation(const float* row, Index width, std::int32_t label, std::uint64_t seed,
+                          float fraction) {
+    return split_draw(row, width, label, seed) < fraction;
+}
+
 void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float fraction) {
     // Classes (a regression store is one class) with fewer than min_class_for_split samples
     // keep all for training: one-shot enrollment must not lose its only shot.
@@ -46,9 +51,9 @@ void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float
     d.validation.resize(d.ids.size());
     for (std::size_t k = 0; k < d.ids.size(); ++k) {
         const auto i = static_cast<Index>(k);
-        d.validation[k] =
-            per_class[class_of(k)] >= min_class_for_split &&
-            split_draw(d.features.row(i).data(), d.features.cols(), d.labels[k], seed) < fraction;
+        d.validation[k] = per_class[class_of(k)] >= min_class_for_split &&
+                          drawn_for_validation(d.features.row(i).data(), d.features.cols(),
+                                               d.labels[k], seed, fraction);
     }
 }
 

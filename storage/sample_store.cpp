@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <charconv>
 #include <climits>
@@ -39,7 +40,6 @@ struct SampleStore::Impl {
     Db db;
     StoreOptions options;
     std::string path;
-    mutable std::int64_t rows_read = 0;  // SampleStore::rows_read
 };
 
 namespace {
@@ -79,6 +79,12 @@ constexpr char key_trained_upto[] = "store.trained_upto";
 constexpr char key_samples[] = "store.samples";
 
 constexpr std::size_t max_digest_bytes = 256;
+
+// SampleStore::rows_read: sample and feature rows read by every store (a test hook).
+std::atomic<std::int64_t> rows_read_total{0};
+void count_rows(std::size_t n) {
+    rows_read_total.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+}
 
 // --- little-endian blobs -----------------------------------------------------------------------
 
@@ -814,7 +820,7 @@ std::optional<Sample> SampleStore::get(std::int64_t id, Fields fields) const {
             "sample_store.get");
     st.bind(1, id);
     if (!st.step()) return std::nullopt;
-    ++impl_->rows_read;
+    count_rows(1);
     return read_sample(st, fields, impl_->options);
 }
 
@@ -833,7 +839,7 @@ std::vector<Sample> SampleStore::get_many(std::span<const std::int64_t> ids, Fie
             missing.push_back(id);
         st.reset();
     }
-    impl_->rows_read += static_cast<std::int64_t>(out.size());
+    count_rows(out.size());
     if (!missing.empty())
         throw InvalidArgument(fmt::format("[sample_store.get_many] {} of {} ids do not exist: {}",
                                           missing.size(), ids.size(), id_list(missing)));
@@ -872,7 +878,7 @@ bool SampleCursor::next(std::vector<Sample>& out) {
             "sample_store.scan");
     st.bind(1, last_id_).bind(2, sql_limit(batch_));
     while (st.step()) out.push_back(read_sample(st, fields_, impl_->options));
-    impl_->rows_read += static_cast<std::int64_t>(out.size());
+    count_rows(out.size());
     if (!out.empty()) last_id_ = out.back().id;
     return !out.empty();
 }
@@ -966,8 +972,8 @@ void SampleStore::clear_held_out() {
     Stmt(impl_->db, sql::clear_held_out, "sample_store.clear_held_out").run();
 }
 
-std::int64_t SampleStore::rows_read() const {
-    return impl_->rows_read;
+std::int64_t SampleStore::rows_read() {
+    return rows_read_total.load(std::memory_order_relaxed);
 }
 
 std::int64_t SampleStore::delete_ids(std::span<const std::int64_t> ids) {
@@ -1233,7 +1239,7 @@ Matrix SampleStore::get_features(std::string_view digest, std::span<const std::i
         st.bind(1, digest).bind(2, *lo).bind(3, *hi);
         std::size_t k = 0;
         while (st.step()) {
-            ++impl_->rows_read;  // every row of the range, requested or not
+            count_rows(1);  // every row of the range, requested or not
             const std::int64_t id = st.int64(0);
             for (; k < order.size() && ids[order[k]] < id; ++k) missing.push_back(order[k]);
             for (; k < order.size() && ids[order[k]] == id; ++k) put_row(order[k], id, st.blob(1));
@@ -1246,7 +1252,7 @@ Matrix SampleStore::get_features(std::string_view digest, std::span<const std::i
         for (std::size_t i = 0; i < ids.size(); ++i) {
             st.bind(2, ids[i]);
             if (st.step()) {
-                ++impl_->rows_read;
+                count_rows(1);
                 put_row(i, ids[i], st.blob(0));
             } else {
                 missing.push_back(i);

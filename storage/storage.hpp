@@ -329,9 +329,9 @@ public:
     // Drops every mark.
     void clear_held_out();
 
-    // Test hook: the sample and feature rows this store object has read since it was opened
+    // Test hook: the sample and feature rows every store of this process has read so far
     // (get, get_many, scan, get_features; not counts, ids or meta).
-    std::int64_t rows_read() const;
+    static std::int64_t rows_read();
 
     // Deletes (with their cached features); returns how many existed.
     std::int64_t delete_ids(std::span<const std::int64_t> ids);

@@ -580,12 +580,12 @@ TEST_CASE("sample_trained: uniform among trained samples that are not held out; 
     store.clear_held_out();
     CHECK(store.held_out().empty());
     // rows_read counts sample and feature rows read, not ids.
-    const std::int64_t before = store.rows_read();
+    const std::int64_t before = SampleStore::rows_read();
     store.put_features("d", std::vector<std::int64_t>{ids[1], ids[2], ids[3]}, Matrix::Zero(3, 2));
     store.get_features("d", std::vector<std::int64_t>{ids[1], ids[3]});
     store.get_many(std::vector<std::int64_t>{ids[5]}, Fields::no_input);
     store.ids_after(0, 100);
-    CHECK(store.rows_read() - before == 2 + 1 + 1);  // the dense range read passes ids[2] too
+    CHECK(SampleStore::rows_read() - before == 2 + 1 + 1);  // the dense range read passes ids[2] too
 }
 
 TEST_CASE("a schema v3 file (written by the v3 code) migrates to v4: counts, slots, watermark") {

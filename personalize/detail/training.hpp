@@ -53,6 +53,31 @@ struct Dataset {
 Dataset read_dataset(const SampleStore& st, const HeadSpec& spec, const std::string& digest,
                      Index feature_dim);
 
+// What an incremental run reads instead of read_dataset when its replay is bounded
+// (Replay::reservoir or none): the new samples (id > trained_upto, a keyset scan from the
+// watermark), the validation split and the replay draw, and nothing else, so its cost and
+// memory follow new + replay + validation, not the store. The split is the one
+// mark_validation computes (same seed, fraction and content draw, classes under
+// min_class_for_split kept whole), recorded in the store's held-out set as samples arrive
+// (meta personalize.split says for which seed, fraction and features; a change redraws it
+// once); class counts come from the store. The reservoir draw is SampleStore::sample_trained
+// (`size` of the trained, non-held-out samples, from `rng`); select_rows then takes all of
+// them. Writes the held-out marks of the samples it drew for (its own transaction). Throws
+// InvalidArgument as read_dataset does.
+struct SplitOptions {
+    std::uint64_t seed = 0;
+    float fraction = 0.0f;
+};
+Dataset read_training_rows(SampleStore& st, const HeadSpec& spec, const std::string& digest,
+                           Index feature_dim, const SplitOptions& split, std::int64_t trained_upto,
+                           const Replay& replay, Rng& rng);
+// After a read of every row (read_dataset + mark_validation): records the split draw of the
+// rows above the recorded ones, so that the next read_training_rows starts from there.
+void record_split(SampleStore& st, const Dataset& d, const std::string& digest,
+                  const SplitOptions& split);
+// True when read_training_rows serves this run (an incremental run with a bounded replay).
+bool reads_training_rows(bool from_base, const Replay& replay);
+
 // The caller's labelled samples with their features [n x F], for evaluation. Throws
 // InvalidArgument naming the sample whose label or target does not fit the head.
 Dataset dataset_of(std::span<const Sample> samples, Matrix features, const HeadSpec& spec);
@@ -61,6 +86,11 @@ Dataset dataset_of(std::span<const Sample> samples, Matrix features, const HeadS
 
 // A class with fewer stored samples than this keeps all of them for training (no split).
 constexpr std::int64_t min_class_for_split = 5;
+
+// The content draw of the validation split: true when a hash of the feature row [width] and
+// the label (seeded) falls below `fraction`. Held out if its class is large enough as well.
+bool drawn_for_validation(const float* row, Index width, std::int32_t label, std::uint64_t seed,
+                          float fraction);
 
 // Sets d.validation: a row is held out when its class has at least min_class_for_split rows
 // and a hash of its feature row and label (seeded) falls below `fraction`. The side a sample is
