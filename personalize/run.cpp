@@ -72,9 +72,13 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         from_base ? 0 : std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
     r.report.retrained_from_base = from_base;
     Rng rng(opts.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(state.step + 1)));
+    // epochs = 0 on a prototype head still enrolls: prepare_loss sets the class means. On
+    // another head an incremental run trains nothing, so it reads nothing.
+    const bool zero_epochs = opts.epochs == 0 && spec().kind != HeadSpec::Kind::prototype;
+    const bool reads_nothing = zero_epochs && !from_base;
     // A bounded replay reads only the new, validation and replayed rows (dataset.cpp).
-    const bool bounded = detail::reads_training_rows(from_base, opts.replay);
-    const Dataset data = detail::retry_evicted([&] {
+    const bool bounded = reads_nothing || detail::reads_training_rows(from_base, opts.replay);
+    const Dataset data = reads_nothing ? Dataset{} : detail::retry_evicted([&] {
         Rng draw = rng;
         return bounded
                    ? detail::read_training_rows(st, spec(), feature_key, backbone().feature_dim(),
@@ -91,10 +95,9 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         detail::select_rows(data, spec(), trained_upto, opts.replay, rng);
     r.report.train_samples = static_cast<std::int64_t>(rows.train.size());
     r.report.validation_samples = static_cast<std::int64_t>(rows.validation.size());
-    // epochs = 0 on a prototype head still enrolls: prepare_loss sets the class means.
-    const bool zero_epochs = opts.epochs == 0 && spec().kind != HeadSpec::Kind::prototype;
-    if (const auto skip = detail::decide_untrained(bounded ? st.count() == 0 : data.ids.empty(),
-                                                   rows.train.empty(), zero_epochs, from_base))
+    if (const auto skip =
+            detail::decide_untrained(bounded ? st.count() == 0 : data.ids.empty(),
+                                     rows.train.empty() && !reads_nothing, zero_epochs, from_base))
         return apply(r, *skip, base, {.state = &state, .optimizer = {}, .upto = max_id}, rng);
 
     Head& head = *state.head;

@@ -428,4 +428,10 @@ TEST_CASE("a bounded update reads the new, replayed and validation rows, never t
     CHECK(none.validation_samples == r.validation_samples);
     CHECK(none_rows <= 2 * none.validation_samples);
     CHECK(again_rows >= 2 * (stored + fresh));
+    // epochs = 0 on a linear head trains nothing, and reads nothing either.
+    p->add(samples(2, 99));
+    const auto [zero_rows, zero] = rows_read_by([&] { return p->train({.epochs = 0}); });
+    CHECK(zero.outcome == TrainReport::Outcome::nothing_to_do);
+    CHECK(zero.reason == "epochs = 0");
+    CHECK(zero_rows == 0);
 }
