@@ -190,6 +190,14 @@ Dataset read_training_rows(SampleStore& st, const HeadSpec& spec, const std::str
         }
         older.push_back(id);
     }
+    // At most max_update_validation of the older ones, drawn uniformly from their ids, so that
+    // reading and evaluating the split is bounded as well.
+    if (older.size() > max_update_validation) {
+        for (std::size_t i = 0; i < max_update_validation; ++i)
+            std::swap(older[i], older[i + rng.below(older.size() - i)]);
+        older.resize(max_update_validation);
+        std::sort(older.begin(), older.end());
+    }
     std::vector<Sample> older_samples = st.get_many(older, Fields::no_input);
     {
         std::vector<Sample> kept;

@@ -435,3 +435,19 @@ TEST_CASE("a bounded update reads the new, replayed and validation rows, never t
     CHECK(zero.reason == "epochs = 0");
     CHECK(zero_rows == 0);
 }
+
+TEST_CASE("a bounded update validates on a bounded draw of a large split") {
+    TempDb db("access-large");
+    auto p = Personalizer::open(db.path, {.backbone = backbone(), .head = HeadSpec::linear(3)});
+    for (std::uint64_t at = 0; at < 12000; at += 3000) p->add(samples(1000, 50000 + at));
+    const TrainReport all = p->train({.epochs = 1, .replay = Replay::all()});
+    REQUIRE(all.validation_samples > 2000);  // 20% of 12,000
+    p->add(samples(10, 11));
+    const std::int64_t before = SampleStore::rows_read();
+    const TrainReport r =
+        p->train({.epochs = 1, .replay = Replay::reservoir(50), .tolerance = 1.0f});
+    const std::int64_t rows = SampleStore::rows_read() - before;
+    CHECK(r.validation_samples <= 2000 + 30);  // the draw, and the new held-out samples
+    CHECK(r.validation_samples >= 2000);
+    CHECK(rows <= 2 * (30 + 50 + r.validation_samples));
+}
