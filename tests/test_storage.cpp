@@ -585,7 +585,8 @@ TEST_CASE("sample_trained: uniform among trained samples that are not held out; 
     store.get_features("d", std::vector<std::int64_t>{ids[1], ids[3]});
     store.get_many(std::vector<std::int64_t>{ids[5]}, Fields::no_input);
     store.ids_after(0, 100);
-    CHECK(SampleStore::rows_read() - before == 2 + 1 + 1);  // the dense range read passes ids[2] too
+    CHECK(SampleStore::rows_read() - before ==
+          2 + 1 + 1);  // the dense range read passes ids[2] too
 }
 
 TEST_CASE("a schema v3 file (written by the v3 code) migrates to v4: counts, slots, watermark") {
