@@ -3,14 +3,16 @@
 //
 //   read_dataset     what is stored: labels, targets, weights, cached features (dataset.cpp)
 //   mark_validation  which rows are held out (rows.cpp)
+//     (or, for an incremental run with a bounded replay, read_training_rows: only the new,
+//     validation and replay rows, the split read from the store; dataset.cpp)
 //   select_rows      which rows train: the new ones plus the replay draw (rows.cpp)
 //   prepare_loss     prototype init, class weights, the base pull (loss.cpp)
 //   run_epochs       the loop of one step: zero grad, forward, backward, clip, step, schedule,
 //                    budgets, progress (loop.cpp)
 //   decide           commit, roll back or fall back to the base head (decision.cpp)
 //
-// Only read_dataset touches the database; each of the others is unit-tested on a Dataset built
-// in memory (tests/test_training.cpp).
+// Only the readers (read_dataset, read_training_rows, record_split) touch the database; each of the
+// others is unit-tested on a Dataset built in memory (tests/test_training.cpp).
 #pragma once
 
 #include <chrono>
