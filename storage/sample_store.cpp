@@ -495,8 +495,9 @@ void migrate(Db& db, const StoreOptions& o, std::string_view op) {
 
 // --- adding ----------------------------------------------------------------------------------
 
+// `slot`: the reservoir slot the sample takes (schema v4), or -1 for none.
 std::int64_t insert_sample(Db& db, const Sample& s, const StoreOptions& o, std::int64_t now,
-                           std::string_view op) {
+                           std::int64_t slot, std::string_view op) {
     std::vector<std::uint8_t> input_scratch, target_scratch;  // big-endian hosts only
     Stmt st(db, sql::insert_sample, op);
     st.bind(1, s.created_at != 0 ? s.created_at : now);
@@ -509,6 +510,10 @@ std::int64_t insert_sample(Db& db, const Sample& s, const StoreOptions& o, std::
     st.bind_blob(5, o.input.kind == InputSpec::Kind::float_vector
                         ? le_bytes(std::span(s.input), input_scratch)
                         : le_bytes(std::span(s.tokens), input_scratch));
+    if (slot >= 0)
+        st.bind(6, slot);
+    else
+        st.bind_null(6);
     st.run();
     return db.last_insert_id();
 }
@@ -551,15 +556,19 @@ std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
     std::int64_t offered = read_offered(db, op);
     // Plain Algorithm R: every sample holds a slot, so the count is the slot count.
     std::int64_t count = r.kind == Retention::Kind::reservoir ? read_samples(db, op) : 0;
+    // Without a watermark every sample takes a slot: the next one is the slot count.
+    const std::optional<std::int64_t> watermark = read_count(db, key_trained_upto, op);
+    std::int64_t next_slot = watermark ? -1 : slot_count(db, op);
     const std::optional<std::int64_t> trained_upto =
-        r.kind == Retention::Kind::reservoir ? read_count(db, key_trained_upto, op) : std::nullopt;
+        r.kind == Retention::Kind::reservoir ? watermark : std::nullopt;
+    std::map<std::int32_t, std::int64_t> per_label;  // what this batch adds to classes.samples
     for (const Sample& s : samples) {
         ++offered;
         if (r.kind == Retention::Kind::reservoir && !trained_upto) {
             // Algorithm R: the t-th offered sample replaces a uniform slot with probability
             // capacity / t. The draw depends only on (seed, t), so it survives a reopen.
             Rng rng(r.seed ^ (static_cast<std::uint64_t>(offered) * 0x9e3779b97f4a7c15ULL));
-            for (; count > r.capacity; --count)  // the capacity was lowered since last time
+            for (; count > r.capacity; --count, --next_slot)  // the capacity was lowered
                 delete_sample_at(db, rng.below(static_cast<std::uint64_t>(count)), op, evicted);
             if (count == r.capacity) {
                 const std::uint64_t slot = rng.below(static_cast<std::uint64_t>(offered));
@@ -569,10 +578,28 @@ std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
                 }
                 delete_sample_at(db, slot, op, evicted);
                 --count;
+                --next_slot;
             }
             ++count;
         }
-        ids.push_back(insert_sample(db, s, o, now, op));
+        const std::int64_t id = insert_sample(db, s, o, now, next_slot, op);
+        if (next_slot >= 0) ++next_slot;
+        // A watermark set above the newest id covers the samples that come next.
+        if (watermark && id <= *watermark)
+            Stmt(db, sql::set_slot, op).bind(1, slot_count(db, op)).bind(2, id).run();
+        ids.push_back(id);
+        ++per_label[s.label];
+    }
+    {
+        Stmt(db, sql::add_sample_count, op)
+            .bind(1, static_cast<std::int64_t>(samples.size()) -
+                         std::count(ids.begin(), ids.end(), SampleStore::not_kept))
+            .run();
+        Stmt st(db, sql::add_class_count, op);
+        for (const auto& [label, n] : per_label) {
+            st.bind(1, static_cast<std::int64_t>(label)).bind(2, n).run();
+            st.reset();
+        }
     }
     if (trained_upto) {
         // Protected reservoir: every new sample is kept; the excess over the capacity goes
@@ -1191,19 +1218,29 @@ void SampleStore::put_features(std::string_view digest, std::span<const std::int
                                               op, digest, width.int64(0) / 4, values.cols()));
     }
     {
-        Stmt st(db, sql::upsert_feature, op);
-        st.bind(2, digest);
+        Stmt insert(db, sql::insert_feature, op);
+        Stmt update(db, sql::update_feature, op);
+        insert.bind(2, digest);
+        update.bind(2, digest);
+        std::int64_t added = 0;             // new rows, for feature_counts (schema v4)
         std::vector<std::uint8_t> scratch;  // big-endian hosts only
         for (std::size_t i = 0; i < ids.size(); ++i) {
             const std::span<const float> row(values.row(static_cast<Index>(i)).data(),
                                              static_cast<std::size_t>(values.cols()));
-            st.bind(1, ids[i]).bind_blob(3, le_bytes(row, scratch));
-            const int rc = st.step_rc();
+            insert.bind(1, ids[i]).bind_blob(3, le_bytes(row, scratch));
+            const int rc = insert.step_rc();
             if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
                 throw InvalidArgument(fmt::format("[{}] sample {} does not exist", op, ids[i]));
             db.check(rc, op);
-            st.reset();
+            insert.reset();
+            if (db.changes() == 1) {
+                ++added;
+            } else {  // a row of this digest exists: replace its value
+                update.bind(1, ids[i]).bind_blob(3, le_bytes(row, scratch)).run();
+                update.reset();
+            }
         }
+        Stmt(db, sql::add_feature_count, op).bind(1, digest).bind(2, added).run();
     }
     tx.commit();
 }

@@ -442,10 +442,11 @@ void check_bookkeeping(const std::string& path) {
     CHECK(one("SELECT count(*) FROM classes c WHERE c.samples <> "
               "(SELECT count(*) FROM samples s WHERE s.label = c.label)") == 0);
     CHECK(one("SELECT count(*) FROM (SELECT backbone_digest, count(*) AS n FROM features GROUP "
-              "BY backbone_digest) f LEFT JOIN feature_counts c USING (backbone_digest) "
-              "WHERE c.rows IS NOT f.n") == 0);
-    CHECK(one("SELECT count(*) FROM feature_counts c WHERE c.rows <> (SELECT count(*) FROM "
-              "features f WHERE f.backbone_digest = c.backbone_digest)") == 0);
+              "BY backbone_digest) f LEFT JOIN meta m ON m.key = 'store.features ' || "
+              "f.backbone_digest WHERE CAST(m.value AS INTEGER) IS NOT f.n") == 0);
+    CHECK(one("SELECT count(*) FROM meta m WHERE m.key LIKE 'store.features %' AND "
+              "CAST(m.value AS INTEGER) <> (SELECT count(*) FROM features f WHERE "
+              "'store.features ' || f.backbone_digest = m.key)") == 0);
     sqlite3_close(db);
 }
 
