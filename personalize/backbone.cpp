@@ -209,7 +209,7 @@ Matrix layers(const std::vector<Var>& params, std::size_t first, const Matrix& x
 
 // ---- BackboneNet -----------------------------------------------------------------------
 
-BackboneNet::BackboneNet(const BackboneConfig& config, Rng& rng) : config_(config) {
+BackboneNet::BackboneNet(const BackboneConfig& config, Rng& rng, Init init) : config_(config) {
     validate_config(config);
     Index in = config.input.size;
     if (config.input.kind == InputSpec::Kind::token_sequence) {
@@ -219,7 +219,8 @@ BackboneNet::BackboneNet(const BackboneConfig& config, Rng& rng) : config_(confi
     }
     std::vector<Index> sizes{in};
     sizes.insert(sizes.end(), config.hidden.begin(), config.hidden.end());
-    mlp_ = mlp(sizes, rng, {.activation = config.activation, .final_activation = true});
+    mlp_ =
+        mlp(sizes, rng, {.activation = config.activation, .final_activation = true, .init = init});
     register_module("mlp", mlp_);
 }
 
@@ -262,15 +263,19 @@ Checkpoint backbone_checkpoint(const BackboneNet& net) {
 }
 }  // namespace
 
-Backbone::Backbone(std::unique_ptr<BackboneNet> net) : net_(std::move(net)) {
+Backbone::Backbone(std::unique_ptr<BackboneNet> net, std::string digest)
+    : net_(std::move(net)), digest_(std::move(digest)) {
     net_->freeze();
     net_->eval();
+}
+
+Backbone::Backbone(std::unique_ptr<BackboneNet> net) : Backbone(std::move(net), std::string()) {
     digest_ = fnv1a64_hex(encode_checkpoint(backbone_checkpoint(*net_)));
 }
 
 std::shared_ptr<const Backbone> Backbone::freeze(const BackboneNet& net) {
     Rng unused(0);
-    auto copy = std::make_unique<BackboneNet>(net.config(), unused);
+    auto copy = std::make_unique<BackboneNet>(net.config(), unused, Init::zeros);
     auto src = net.named_parameters();
     auto dst = copy->named_parameters();
     for (std::size_t i = 0; i < src.size(); ++i) dst[i].second.value_mut() = src[i].second.value();
@@ -343,10 +348,11 @@ std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
     const std::vector<std::uint8_t> bytes = read_file(path, max_backbone_bytes);
     Checkpoint c = decode_checkpoint(bytes);
     if (c.kind != "backbone") corrupt("'" + path + "' holds a '" + c.kind + "', not a backbone");
+    // The digest is of the canonical encoding (what save() writes), and a file that decodes is
+    // canonical (every byte is checked or read back: FORMAT.md), so hashing the bytes read
+    // gives it without encoding the model again (tests/test_layers.cpp checks the equality).
+    std::string digest = fnv1a64_hex(bytes);
     if (is_graph(c)) {
-        // NOTE: the digest is of the canonical encoding, as for MLP files (and equal to the
-        // file's bytes when the file is canonical: the converter writes it so).
-        std::string digest = fnv1a64_hex(encode_checkpoint(c));
         auto graph = std::make_shared<const detail::FrozenGraph>(std::move(c));
         BackboneConfig config;
         config.input = graph->input_kind() == detail::FrozenGraph::InputKind::tokens
@@ -368,7 +374,7 @@ std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
                 std::to_string(parameter_count(config)) + " weights but holds " +
                 std::to_string(stored));
     Rng unused(0);
-    auto net = std::make_unique<BackboneNet>(config, unused);
+    auto net = std::make_unique<BackboneNet>(config, unused, Init::zeros);  // loaded below
     auto params = net->named_parameters();
     if (params.size() != c.tensors.size())
         corrupt("'" + path + "' has " + std::to_string(c.tensors.size()) + " tensors, the " +
@@ -381,7 +387,7 @@ std::shared_ptr<const Backbone> Backbone::load(const std::string& path) {
                     ", expected '" + params[i].first + "' " + shape_str(p.value()));
         p.value_mut() = value;
     }
-    return std::make_shared<const Backbone>(std::move(net));
+    return std::make_shared<const Backbone>(std::move(net), std::move(digest));
 }
 
 void Backbone::save(const std::string& path) const {

@@ -3,7 +3,7 @@
 
 namespace edgetune {
 
-Head::Head(const HeadSpec& spec, Index feature_dim, Rng& rng)
+Head::Head(const HeadSpec& spec, Index feature_dim, Rng& rng, Init init)
     : spec_(spec), feature_dim_(feature_dim) {
     if (spec.outputs <= 0)
         throw InvalidArgument("[HeadSpec] outputs = " + std::to_string(spec.outputs) +
@@ -19,7 +19,7 @@ Head::Head(const HeadSpec& spec, Index feature_dim, Rng& rng)
     if (spec.kind == HeadSpec::Kind::mlp)
         sizes.insert(sizes.end(), spec.hidden.begin(), spec.hidden.end());
     sizes.push_back(spec.outputs);
-    net_ = mlp(sizes, rng);
+    net_ = mlp(sizes, rng, {.init = init});
     if (spec.kind == HeadSpec::Kind::prototype) {
         // Classes not yet enrolled start with zero weights and a low bias: they are never
         // predicted until they have a prototype.

@@ -55,7 +55,9 @@ struct BackboneConfig {
 // The backbone as a trainable network, for pretraining it (examples/train_backbone).
 class BackboneNet : public Module {
 public:
-    BackboneNet(const BackboneConfig& config, Rng& rng);
+    // Init::zeros draws nothing (for weights that are loaded next); token embeddings are
+    // always drawn.
+    BackboneNet(const BackboneConfig& config, Rng& rng, Init init = Init::torch_default);
     // floats [n x D] -> features Var [n x F]
     Var forward(const Matrix& inputs);
     // tokens [n*L] (row-major, L per sample) -> features Var [n x F]
@@ -124,6 +126,8 @@ public:
     std::string feature_key() const;
 
     explicit Backbone(std::unique_ptr<BackboneNet> net);  // use freeze() / load()
+    // The same with the digest already known (load: the file's bytes).
+    Backbone(std::unique_ptr<BackboneNet> net, std::string digest);
 
 private:
     Backbone(std::shared_ptr<const detail::FrozenGraph> graph, BackboneConfig config,

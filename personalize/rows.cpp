@@ -41,6 +41,11 @@ bool class_is_split(std::int64_t samples, float fraction) {
                min_expected_held_out - 1e-6;
 }
 
+bool drawn_for_validation(const float* row, Index width, std::int32_t label, std::uint64_t seed,
+                          float fraction) {
+    return split_draw(row, width, label, seed) < fraction;
+}
+
 void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float fraction) {
     // Classes (a regression store is one class) that class_is_split refuses keep all for
     // training: one-shot enrollment must not lose its only shot, nor 5-shot one its fifth.
@@ -53,9 +58,9 @@ void mark_validation(Dataset& d, const HeadSpec& spec, std::uint64_t seed, float
     d.validation.resize(d.ids.size());
     for (std::size_t k = 0; k < d.ids.size(); ++k) {
         const auto i = static_cast<Index>(k);
-        d.validation[k] =
-            class_is_split(per_class[class_of(k)], fraction) &&
-            split_draw(d.features.row(i).data(), d.features.cols(), d.labels[k], seed) < fraction;
+        d.validation[k] = class_is_split(per_class[class_of(k)], fraction) &&
+                          drawn_for_validation(d.features.row(i).data(), d.features.cols(),
+                                               d.labels[k], seed, fraction);
     }
 }
 

@@ -65,7 +65,6 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
         fill_missing_features(st);
         return 0;
     });
-    const Dataset data = detail::retry_evicted([&] { return load_dataset(st); });
     const HeadState base = load_base(st);
     const StoredCheckpoint start_checkpoint =
         from_base ? base_checkpoint(st) : current_checkpoint(st);
@@ -73,17 +72,33 @@ TrainReport Personalizer::Impl::run(const TrainOptions& opts, Mode mode) {
     const std::int64_t trained_upto =
         from_base ? 0 : std::stoll(st.get_meta(meta_trained_upto).value_or("0"));
     r.report.retrained_from_base = from_base;
-    const std::int64_t max_id = data.ids.empty() ? 0 : data.ids.back();
-
     Rng rng(opts.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(state.step + 1)));
+    // epochs = 0 on a prototype head still enrolls: prepare_loss sets the class means. On
+    // another head an incremental run trains nothing, so it reads nothing.
+    const bool zero_epochs = opts.epochs == 0 && spec().kind != HeadSpec::Kind::prototype;
+    const bool reads_nothing = zero_epochs && !from_base;
+    // A bounded replay reads only the new, validation and replayed rows (dataset.cpp).
+    const bool bounded = reads_nothing || detail::reads_training_rows(from_base, opts.replay);
+    const Dataset data = reads_nothing ? Dataset{} : detail::retry_evicted([&] {
+        Rng draw = rng;
+        return bounded
+                   ? detail::read_training_rows(st, spec(), feature_key, backbone().feature_dim(),
+                                                {options.seed, options.validation_fraction},
+                                                trained_upto, opts.replay, draw)
+                   : load_dataset(st);
+    });
+    if (!bounded)
+        detail::record_split(st, data, feature_key, {options.seed, options.validation_fraction});
+    // Such a read holds no older row beyond its draw: the watermark never moves down.
+    const std::int64_t max_id =
+        std::max(bounded ? trained_upto : 0, data.ids.empty() ? 0 : data.ids.back());
     const detail::RowSelection rows =
         detail::select_rows(data, spec(), trained_upto, opts.replay, rng);
     r.report.train_samples = static_cast<std::int64_t>(rows.train.size());
     r.report.validation_samples = static_cast<std::int64_t>(rows.validation.size());
-    // epochs = 0 on a prototype head still enrolls: prepare_loss sets the class means.
-    const bool zero_epochs = opts.epochs == 0 && spec().kind != HeadSpec::Kind::prototype;
     if (const auto skip =
-            detail::decide_untrained(data.ids.empty(), rows.train.empty(), zero_epochs, from_base))
+            detail::decide_untrained(bounded ? st.count() == 0 : data.ids.empty(),
+                                     rows.train.empty() && !reads_nothing, zero_epochs, from_base))
         return apply(r, *skip, base, {.state = &state, .optimizer = {}, .upto = max_id}, rng);
 
     Head& head = *state.head;

@@ -64,7 +64,8 @@ Personalizer::Impl::HeadState Personalizer::Impl::decode(const StoredCheckpoint&
         grow_classes(c.tensors, h, h.outputs);
         grow_classes(c.optimizer, h.outputs);
     }
-    HeadState s{.head = new_head(0),
+    Rng unused(0);  // the checkpoint's parameters replace an initialization: draw none
+    HeadState s{.head = std::make_shared<Head>(h, backbone().feature_dim(), unused, Init::zeros),
                 .optimizer = std::move(c.optimizer),
                 .step = c.step,
                 .seen = std::move(c.seen)};

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <charconv>
 #include <climits>
@@ -21,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iterator>
+#include <map>
 #include <numeric>
 #include <set>
 #include <system_error>
@@ -57,9 +59,14 @@ void migrate_to_v3(Db& db) {
     db.exec(sql::schema_v3, "sample_store.migrate_to_v3");
 }
 
+// Slots, sample and class counts (detail/sql.hpp); migrate() fills them in.
+void migrate_to_v4(Db& db) {
+    db.exec(sql::schema_v4, "sample_store.migrate_to_v4");
+}
+
 // migrations[v] brings a store from user_version v to v + 1.
 using Migration = void (*)(Db&);
-constexpr Migration migrations[] = {&migrate_to_v1, &migrate_to_v2, &migrate_to_v3};
+constexpr Migration migrations[] = {&migrate_to_v1, &migrate_to_v2, &migrate_to_v3, &migrate_to_v4};
 constexpr int schema_version = static_cast<int>(std::size(migrations));
 
 // Keys of `meta` that belong to the store itself.
@@ -68,8 +75,16 @@ constexpr char key_declaration[] = "store.declaration";  // describe(input, labe
 constexpr char key_offered[] = "store.offered";          // samples ever offered to add()
 // Samples with a higher id have not been trained on (set_trained_upto); absent: none protected.
 constexpr char key_trained_upto[] = "store.trained_upto";
+// The number of stored samples, kept by the schema's triggers (v4).
+constexpr char key_samples[] = "store.samples";
 
 constexpr std::size_t max_digest_bytes = 256;
+
+// SampleStore::rows_read: sample and feature rows read by every store (a test hook).
+std::atomic<std::int64_t> rows_read_total{0};
+void count_rows(std::size_t n) {
+    rows_read_total.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+}
 
 // --- little-endian blobs -----------------------------------------------------------------------
 
@@ -359,6 +374,37 @@ std::int64_t read_offered(Db& db, std::string_view op) {
     return read_count(db, key_offered, op).value_or(0);
 }
 
+std::int64_t read_samples(Db& db, std::string_view op) {
+    return read_count(db, key_samples, op).value_or(0);
+}
+
+// --- slots (schema v4): the samples a reservoir may evict hold the dense slots 0 .. K-1 ---------
+
+std::int64_t slot_count(Db& db, std::string_view op) {
+    return scalar(db, sql::slot_count, op);
+}
+
+// Gives the samples with lo < id <= hi that hold no slot the next slots, in id order.
+void slot_ids(Db& db, std::int64_t lo, std::int64_t hi, std::string_view op) {
+    if (hi <= lo) return;
+    Stmt(db, sql::slot_range, op).bind(1, lo).bind(2, hi).bind(3, slot_count(db, op)).run();
+}
+
+// Takes the slots of the samples with id > lo (the triggers refill the holes from the top).
+void unslot_ids_above(Db& db, std::int64_t lo, std::string_view op) {
+    std::vector<std::int64_t> ids;
+    {
+        Stmt st(db, sql::slotted_ids_above, op);
+        st.bind(1, lo);
+        ids = collect_ids(st);
+    }
+    Stmt st(db, sql::unslot_sample, op);
+    for (std::int64_t id : ids) {
+        st.bind(1, id).run();
+        st.reset();
+    }
+}
+
 // --- opening ---------------------------------------------------------------------------------
 
 // Creates the file with mode 0600 if it does not exist, so SQLite (and its -wal and -shm files,
@@ -435,14 +481,23 @@ void migrate(Db& db, const StoreOptions& o, std::string_view op) {
             st.reset();
         }
     }
+    // v4: counts and slots of what is stored (the one pass over the samples; later kept by the
+    // triggers). Slots go to the evictable samples: up to the watermark, or all of them.
+    if (from < 4) {
+        Stmt(db, sql::fill_sample_count, op).run();
+        Stmt(db, sql::fill_class_counts, op).run();
+        Stmt(db, sql::fill_feature_counts, op).run();
+        slot_ids(db, 0, read_count(db, key_trained_upto, op).value_or(INT64_MAX), op);
+    }
     db.exec(sql::set_user_version_prefix + std::to_string(schema_version), op);
     tx.commit();
 }
 
 // --- adding ----------------------------------------------------------------------------------
 
+// `slot`: the reservoir slot the sample takes (schema v4), or -1 for none.
 std::int64_t insert_sample(Db& db, const Sample& s, const StoreOptions& o, std::int64_t now,
-                           std::string_view op) {
+                           std::int64_t slot, std::string_view op) {
     std::vector<std::uint8_t> input_scratch, target_scratch;  // big-endian hosts only
     Stmt st(db, sql::insert_sample, op);
     st.bind(1, s.created_at != 0 ? s.created_at : now);
@@ -455,23 +510,35 @@ std::int64_t insert_sample(Db& db, const Sample& s, const StoreOptions& o, std::
     st.bind_blob(5, o.input.kind == InputSpec::Kind::float_vector
                         ? le_bytes(std::span(s.input), input_scratch)
                         : le_bytes(std::span(s.tokens), input_scratch));
+    if (slot >= 0)
+        st.bind(6, slot);
+    else
+        st.bind_null(6);
     st.run();
     return db.last_insert_id();
 }
 
-// Deletes the sample at position `offset` in id order (a reservoir slot); appends its id to
-// `evicted`.
-void delete_sample_at(Db& db, std::uint64_t offset, std::string_view op,
+// Deletes the sample holding reservoir slot `slot` (schema v4: one index seek); appends its
+// id to `evicted`. The triggers move the highest slot into the hole.
+void delete_sample_at(Db& db, std::uint64_t slot, std::string_view op,
                       std::vector<std::int64_t>& evicted) {
-    std::int64_t id = 0;
-    {
-        Stmt find(db, sql::select_id_at_offset, op);
-        find.bind(1, static_cast<std::int64_t>(offset));
-        if (!find.step()) return;
-        id = find.int64(0);
-    }
-    Stmt(db, sql::delete_sample, op).bind(1, id).run();
-    evicted.push_back(id);
+    Stmt st(db, sql::delete_slot, op);
+    st.bind(1, static_cast<std::int64_t>(slot));
+    const std::vector<std::int64_t> gone = collect_ids(st);  // DELETE ... RETURNING id
+    evicted.insert(evicted.end(), gone.begin(), gone.end());
+}
+
+// Deletes the `n` oldest samples (of class `label` when >= 0); appends their ids to `evicted`.
+void delete_oldest(Db& db, std::int64_t n, std::int64_t label, std::string_view op,
+                   std::vector<std::int64_t>& evicted) {
+    if (n <= 0) return;
+    Stmt st(db, label >= 0 ? sql::delete_oldest_of_class : sql::delete_oldest, op);
+    if (label >= 0)
+        st.bind(1, label).bind(2, n);
+    else
+        st.bind(1, n);
+    const std::vector<std::int64_t> gone = collect_ids(st);  // DELETE ... RETURNING id
+    evicted.insert(evicted.end(), gone.begin(), gone.end());
 }
 
 // Inserts validated samples and enforces the retention policy, in one transaction. Appends
@@ -487,17 +554,21 @@ std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
 
     TxGuard tx(db, op);
     std::int64_t offered = read_offered(db, op);
-    std::int64_t count =
-        r.kind == Retention::Kind::reservoir ? scalar(db, sql::count_samples, op) : 0;
+    // Plain Algorithm R: every sample holds a slot, so the count is the slot count.
+    std::int64_t count = r.kind == Retention::Kind::reservoir ? read_samples(db, op) : 0;
+    // Without a watermark every sample takes a slot: the next one is the slot count.
+    const std::optional<std::int64_t> watermark = read_count(db, key_trained_upto, op);
+    std::int64_t next_slot = watermark ? -1 : slot_count(db, op);
     const std::optional<std::int64_t> trained_upto =
-        r.kind == Retention::Kind::reservoir ? read_count(db, key_trained_upto, op) : std::nullopt;
+        r.kind == Retention::Kind::reservoir ? watermark : std::nullopt;
+    std::map<std::int32_t, std::int64_t> per_label;  // what this batch adds to classes.samples
     for (const Sample& s : samples) {
         ++offered;
         if (r.kind == Retention::Kind::reservoir && !trained_upto) {
             // Algorithm R: the t-th offered sample replaces a uniform slot with probability
             // capacity / t. The draw depends only on (seed, t), so it survives a reopen.
             Rng rng(r.seed ^ (static_cast<std::uint64_t>(offered) * 0x9e3779b97f4a7c15ULL));
-            for (; count > r.capacity; --count)  // the capacity was lowered since last time
+            for (; count > r.capacity; --count, --next_slot)  // the capacity was lowered
                 delete_sample_at(db, rng.below(static_cast<std::uint64_t>(count)), op, evicted);
             if (count == r.capacity) {
                 const std::uint64_t slot = rng.below(static_cast<std::uint64_t>(offered));
@@ -507,38 +578,49 @@ std::vector<std::int64_t> insert_samples(Db& db, const StoreOptions& o,
                 }
                 delete_sample_at(db, slot, op, evicted);
                 --count;
+                --next_slot;
             }
             ++count;
         }
-        ids.push_back(insert_sample(db, s, o, now, op));
+        const std::int64_t id = insert_sample(db, s, o, now, next_slot, op);
+        if (next_slot >= 0) ++next_slot;
+        // A watermark set above the newest id covers the samples that come next.
+        if (watermark && id <= *watermark)
+            Stmt(db, sql::set_slot, op).bind(1, slot_count(db, op)).bind(2, id).run();
+        ids.push_back(id);
+        ++per_label[s.label];
+    }
+    {
+        Stmt(db, sql::add_sample_count, op)
+            .bind(1, static_cast<std::int64_t>(samples.size()) -
+                         std::count(ids.begin(), ids.end(), SampleStore::not_kept))
+            .run();
+        Stmt st(db, sql::add_class_count, op);
+        for (const auto& [label, n] : per_label) {
+            st.bind(1, static_cast<std::int64_t>(label)).bind(2, n).run();
+            st.reset();
+        }
     }
     if (trained_upto) {
         // Protected reservoir: every new sample is kept; the excess over the capacity goes
-        // uniformly among the trained samples, which are the lowest ids (a prefix in id order).
-        count = scalar(db, sql::count_samples, op);
-        Stmt trained(db, sql::count_samples_upto, op);
-        trained.bind(1, *trained_upto);
-        std::int64_t evictable = trained.step() ? trained.int64(0) : 0;
+        // uniformly among the trained samples, which are the ones holding slots.
+        count = read_samples(db, op);
+        std::int64_t evictable = slot_count(db, op);
         Rng rng(r.seed ^ (static_cast<std::uint64_t>(offered) * 0x9e3779b97f4a7c15ULL));
         for (; count > r.capacity && evictable > 0; --count, --evictable)
             delete_sample_at(db, rng.below(static_cast<std::uint64_t>(evictable)), op, evicted);
     }
-    auto trimmed = [&evicted](Stmt& st) {
-        const std::vector<std::int64_t> gone = collect_ids(st);  // DELETE ... RETURNING id
-        evicted.insert(evicted.end(), gone.begin(), gone.end());
-    };
-    if (r.kind == Retention::Kind::keep_newest) {
-        Stmt st(db, sql::trim_to_newest, op);
-        st.bind(1, r.capacity - 1);
-        trimmed(st);
-    }
+    // The counts come from the triggers (v4), so a trim costs what it deletes.
+    if (r.kind == Retention::Kind::keep_newest)
+        delete_oldest(db, read_samples(db, op) - r.capacity, -1, op, evicted);
     if (r.kind == Retention::Kind::per_class_cap) {
         std::set<std::int32_t> labels;
         for (const Sample& s : samples) labels.insert(s.label);
         for (std::int32_t label : labels) {
-            Stmt st(db, sql::trim_class_to_newest, op);
-            st.bind(1, static_cast<std::int64_t>(label)).bind(2, r.capacity - 1);
-            trimmed(st);
+            Stmt n(db, sql::class_count, op);
+            n.bind(1, static_cast<std::int64_t>(label));
+            const std::int64_t stored = n.step() ? n.int64(0) : 0;
+            delete_oldest(db, stored - r.capacity, label, op, evicted);
         }
     }
     put_meta(db, key_offered, std::to_string(offered), op);
@@ -765,6 +847,7 @@ std::optional<Sample> SampleStore::get(std::int64_t id, Fields fields) const {
             "sample_store.get");
     st.bind(1, id);
     if (!st.step()) return std::nullopt;
+    count_rows(1);
     return read_sample(st, fields, impl_->options);
 }
 
@@ -783,6 +866,7 @@ std::vector<Sample> SampleStore::get_many(std::span<const std::int64_t> ids, Fie
             missing.push_back(id);
         st.reset();
     }
+    count_rows(out.size());
     if (!missing.empty())
         throw InvalidArgument(fmt::format("[sample_store.get_many] {} of {} ids do not exist: {}",
                                           missing.size(), ids.size(), id_list(missing)));
@@ -790,7 +874,7 @@ std::vector<Sample> SampleStore::get_many(std::span<const std::int64_t> ids, Fie
 }
 
 std::int64_t SampleStore::count() const {
-    return scalar(impl_->db, sql::count_samples, "sample_store.count");
+    return read_samples(impl_->db, "sample_store.count");
 }
 
 std::vector<std::int64_t> SampleStore::count_per_label() const {
@@ -821,6 +905,7 @@ bool SampleCursor::next(std::vector<Sample>& out) {
             "sample_store.scan");
     st.bind(1, last_id_).bind(2, sql_limit(batch_));
     while (st.step()) out.push_back(read_sample(st, fields_, impl_->options));
+    count_rows(out.size());
     if (!out.empty()) last_id_ = out.back().id;
     return !out.empty();
 }
@@ -857,6 +942,65 @@ std::vector<std::int64_t> SampleStore::ids_after(std::int64_t after_id, std::siz
     Stmt st(impl_->db, sql::select_ids_after, "sample_store.ids_after");
     st.bind(1, after_id).bind(2, sql_limit(limit));
     return collect_ids(st);
+}
+
+std::vector<std::int64_t> SampleStore::sample_trained(std::size_t n, Rng& rng) const {
+    constexpr std::string_view op = "sample_store.sample_trained";
+    Db& db = impl_->db;
+    ReadGuard snapshot(db, op);
+    const auto slots = static_cast<std::uint64_t>(slot_count(db, op));
+    // Partial Fisher-Yates over the slot numbers [0, slots), its swaps kept in a map: each
+    // draw is one of the slots not drawn yet, uniformly, in O(log) time and memory per draw.
+    std::map<std::uint64_t, std::uint64_t> swapped;
+    auto at = [&](std::uint64_t i) {
+        const auto it = swapped.find(i);
+        return it == swapped.end() ? i : it->second;
+    };
+    Stmt id_of(db, sql::id_at_slot, op);
+    Stmt held(db, sql::is_held_out, op);
+    std::vector<std::int64_t> out;
+    for (std::uint64_t i = 0; i < slots && out.size() < n; ++i) {
+        const std::uint64_t j = i + rng.below(slots - i);
+        const std::uint64_t slot = at(j);
+        swapped[j] = at(i);
+        id_of.bind(1, static_cast<std::int64_t>(slot));
+        if (!id_of.step()) throw CorruptData(fmt::format("[{}] slot {} is empty", op, slot));
+        const std::int64_t id = id_of.int64(0);
+        id_of.reset();
+        held.bind(1, id);
+        if (!held.step()) out.push_back(id);
+        held.reset();
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+void SampleStore::hold_out(std::span<const std::int64_t> ids) {
+    constexpr std::string_view op = "sample_store.hold_out";
+    TxGuard tx(impl_->db, op);
+    {
+        Stmt st(impl_->db, sql::insert_held_out, op);
+        for (std::int64_t id : ids) {
+            st.bind(1, id);
+            const int rc = st.step_rc();
+            if (rc != SQLITE_CONSTRAINT_FOREIGNKEY) impl_->db.check(rc, op);  // not stored
+            st.reset();
+        }
+    }
+    tx.commit();
+}
+
+std::vector<std::int64_t> SampleStore::held_out() const {
+    Stmt st(impl_->db, sql::select_held_out, "sample_store.held_out");
+    return collect_ids(st);
+}
+
+void SampleStore::clear_held_out() {
+    Stmt(impl_->db, sql::clear_held_out, "sample_store.clear_held_out").run();
+}
+
+std::int64_t SampleStore::rows_read() {
+    return rows_read_total.load(std::memory_order_relaxed);
 }
 
 std::int64_t SampleStore::delete_ids(std::span<const std::int64_t> ids) {
@@ -1074,19 +1218,29 @@ void SampleStore::put_features(std::string_view digest, std::span<const std::int
                                               op, digest, width.int64(0) / 4, values.cols()));
     }
     {
-        Stmt st(db, sql::upsert_feature, op);
-        st.bind(2, digest);
+        Stmt insert(db, sql::insert_feature, op);
+        Stmt update(db, sql::update_feature, op);
+        insert.bind(2, digest);
+        update.bind(2, digest);
+        std::int64_t added = 0;             // new rows, for feature_counts (schema v4)
         std::vector<std::uint8_t> scratch;  // big-endian hosts only
         for (std::size_t i = 0; i < ids.size(); ++i) {
             const std::span<const float> row(values.row(static_cast<Index>(i)).data(),
                                              static_cast<std::size_t>(values.cols()));
-            st.bind(1, ids[i]).bind_blob(3, le_bytes(row, scratch));
-            const int rc = st.step_rc();
+            insert.bind(1, ids[i]).bind_blob(3, le_bytes(row, scratch));
+            const int rc = insert.step_rc();
             if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
                 throw InvalidArgument(fmt::format("[{}] sample {} does not exist", op, ids[i]));
             db.check(rc, op);
-            st.reset();
+            insert.reset();
+            if (db.changes() == 1) {
+                ++added;
+            } else {  // a row of this digest exists: replace its value
+                update.bind(1, ids[i]).bind_blob(3, le_bytes(row, scratch)).run();
+                update.reset();
+            }
         }
+        Stmt(db, sql::add_feature_count, op).bind(1, digest).bind(2, added).run();
     }
     tx.commit();
 }
@@ -1122,6 +1276,7 @@ Matrix SampleStore::get_features(std::string_view digest, std::span<const std::i
         st.bind(1, digest).bind(2, *lo).bind(3, *hi);
         std::size_t k = 0;
         while (st.step()) {
+            count_rows(1);  // every row of the range, requested or not
             const std::int64_t id = st.int64(0);
             for (; k < order.size() && ids[order[k]] < id; ++k) missing.push_back(order[k]);
             for (; k < order.size() && ids[order[k]] == id; ++k) put_row(order[k], id, st.blob(1));
@@ -1133,10 +1288,12 @@ Matrix SampleStore::get_features(std::string_view digest, std::span<const std::i
         st.bind(1, digest);
         for (std::size_t i = 0; i < ids.size(); ++i) {
             st.bind(2, ids[i]);
-            if (st.step())
+            if (st.step()) {
+                count_rows(1);
                 put_row(i, ids[i], st.blob(0));
-            else
+            } else {
                 missing.push_back(i);
+            }
             st.reset();
         }
     }
@@ -1155,6 +1312,13 @@ std::vector<std::int64_t> SampleStore::ids_missing_features(std::string_view dig
                                                             std::size_t limit) const {
     constexpr std::string_view op = "sample_store.ids_missing_features";
     check_digest(digest, op);
+    ReadGuard snapshot(impl_->db, op);
+    {
+        // The counts (schema v4) answer the usual case, nothing missing, without a scan.
+        Stmt rows(impl_->db, sql::feature_rows_of_digest, op);
+        rows.bind(1, digest);
+        if (rows.step() && rows.int64(0) >= read_samples(impl_->db, op)) return {};
+    }
     Stmt st(impl_->db, sql::select_ids_missing_features, op);
     st.bind(1, digest).bind(2, sql_limit(limit));
     return collect_ids(st);
@@ -1246,7 +1410,18 @@ void SampleStore::set_meta(std::string_view key, std::string_view value) {
 void SampleStore::set_trained_upto(std::int64_t id) {
     constexpr std::string_view op = "sample_store.set_trained_upto";
     if (id < 0) throw InvalidArgument(fmt::format("[{}] id = {} must be >= 0", op, id));
-    put_meta(impl_->db, key_trained_upto, std::to_string(id), op);
+    Db& db = impl_->db;
+    // Absent: every sample is evictable (plain Algorithm R).
+    const std::int64_t before = read_count(db, key_trained_upto, op).value_or(INT64_MAX);
+    if (before == id) return;  // no write: a current store's open takes no write lock
+    // The slots follow the watermark (schema v4): what it now covers may be evicted.
+    TxGuard tx(db, op);
+    if (id > before)
+        slot_ids(db, before, id, op);
+    else
+        unslot_ids_above(db, id, op);
+    put_meta(db, key_trained_upto, std::to_string(id), op);
+    tx.commit();
 }
 
 std::int64_t SampleStore::append_run(std::string_view report) {

@@ -314,6 +314,24 @@ public:
     std::vector<std::int64_t> sample_per_class(std::size_t n, Rng& rng) const;
     // Ids greater than after_id, at most limit of them.
     std::vector<std::int64_t> ids_after(std::int64_t after_id, std::size_t limit) const;
+    // Up to n distinct ids drawn uniformly among the trained samples (id <= the watermark of
+    // set_trained_upto; every sample when it was never set) that are not held out, ascending.
+    // Costs O(draws x log N), never a pass over the store: the draw is over the slots that
+    // retention keeps (FORMAT.md, schema v4), so which ids come out depends on the store's
+    // history, the rng and n only.
+    std::vector<std::int64_t> sample_trained(std::size_t n, Rng& rng) const;
+
+    // --- the held-out set: ids a caller keeps out of training (a validation split) ---
+    // Marks ids as held out; ids that are not stored are ignored. A mark goes with its sample.
+    void hold_out(std::span<const std::int64_t> ids);
+    // Every held-out id, ascending.
+    std::vector<std::int64_t> held_out() const;
+    // Drops every mark.
+    void clear_held_out();
+
+    // Test hook: the sample and feature rows every store of this process has read so far
+    // (get, get_many, scan, get_features; not counts, ids or meta).
+    static std::int64_t rows_read();
 
     // Deletes (with their cached features); returns how many existed.
     std::int64_t delete_ids(std::span<const std::int64_t> ids);

@@ -3,6 +3,7 @@
 #include "storage.hpp"
 
 #include <doctest/doctest.h>
+#include <sqlite3.h>
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <numeric>
 #include <set>
 #include <string>
@@ -409,6 +411,212 @@ TEST_CASE("retention: reservoir is uniform, seeded and survives reopen") {
     for (int hits : per_tenth) CHECK(std::abs(hits - 300) < 80);  // sd ~16
     const int first_half = std::accumulate(per_tenth.begin(), per_tenth.begin() + 5, 0);
     CHECK(std::abs(2 * first_half - trials * 100) < 250);  // sd ~52
+}
+
+namespace {
+
+// The schema v4 bookkeeping read straight from the file by a connection of its own: the
+// evictable samples (id <= store.trained_upto; all of them without it) hold the slots 0 .. K-1
+// once each and the others none; store.samples and classes.samples are the true counts.
+void check_bookkeeping(const std::string& path) {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    auto one = [db](const std::string& sql) {
+        sqlite3_stmt* st = nullptr;
+        REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+        REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+        const std::int64_t v = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        return v;
+    };
+    const std::string upto =
+        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'store.trained_upto'), "
+        "9223372036854775807)";
+    CHECK(one("SELECT count(*) FROM samples WHERE (slot IS NOT NULL) <> (id <= " + upto + ")") ==
+          0);
+    const std::int64_t slotted = one("SELECT count(*) FROM samples WHERE slot IS NOT NULL");
+    CHECK(one("SELECT coalesce(max(slot), -1) + 1 FROM samples") == slotted);
+    CHECK(one("SELECT coalesce(min(slot), 0) FROM samples") == 0);
+    CHECK(one("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'store.samples'") ==
+          one("SELECT count(*) FROM samples"));
+    CHECK(one("SELECT count(*) FROM classes c WHERE c.samples <> "
+              "(SELECT count(*) FROM samples s WHERE s.label = c.label)") == 0);
+    CHECK(one("SELECT count(*) FROM (SELECT backbone_digest, count(*) AS n FROM features GROUP "
+              "BY backbone_digest) f LEFT JOIN meta m ON m.key = 'store.features ' || "
+              "f.backbone_digest WHERE CAST(m.value AS INTEGER) IS NOT f.n") == 0);
+    CHECK(one("SELECT count(*) FROM meta m WHERE m.key LIKE 'store.features %' AND "
+              "CAST(m.value AS INTEGER) <> (SELECT count(*) FROM features f WHERE "
+              "'store.features ' || f.backbone_digest = m.key)") == 0);
+    sqlite3_close(db);
+}
+
+}  // namespace
+
+TEST_CASE("retention bookkeeping: slots and counts stay exact under every kind of write") {
+    const std::vector<std::pair<const char*, Retention>> kinds = {
+        {"unlimited", Retention::unlimited()},
+        {"reservoir", Retention::reservoir(25, 7)},
+        {"per_class_cap", Retention::per_class_cap(6)},
+        {"keep_newest", Retention::keep_newest(20)}};
+    for (const auto& [name, retention] : kinds) {
+        CAPTURE(name);
+        TempDb db(std::string("bookkeeping-") + name);
+        StoreOptions o = image_options();
+        o.retention = retention;
+        SampleStore store = SampleStore::open(db.path, o);
+        Rng rng(11);
+        std::int64_t clock = 1'000;  // created_at, so delete_older_than has something to cut
+        for (int round = 0; round < 60; ++round) {
+            CAPTURE(round);
+            const std::vector<std::int64_t> ids = all_ids(store);
+            const std::int64_t top = ids.empty() ? 0 : ids.back();
+            switch (rng.below(8)) {
+                case 0:
+                case 1: {
+                    std::vector<Sample> batch;
+                    for (std::uint64_t i = 0, n = 1 + rng.below(9); i < n; ++i) {
+                        batch.push_back(image_sample(
+                            static_cast<float>(round),
+                            static_cast<std::int32_t>(
+                                rng.below(static_cast<std::uint64_t>(store.label_spec().size)))));
+                        batch.back().created_at = clock++;
+                    }
+                    std::vector<std::int64_t> evicted;
+                    const std::vector<std::int64_t> added = store.add_batch(batch, evicted);
+                    std::vector<std::int64_t> kept;  // half the batches get features at once
+                    for (const std::int64_t id : added)
+                        if (id != SampleStore::not_kept &&
+                            !std::binary_search(evicted.begin(), evicted.end(), id))
+                            kept.push_back(id);
+                    if (rng.below(2) == 0 && !kept.empty())
+                        store.put_features("d1", kept,
+                                           Matrix::Constant(static_cast<Index>(kept.size()), 2,
+                                                            static_cast<float>(round)));
+                    break;
+                }
+                case 7: {  // the missing features, as Personalizer fills them
+                    const std::vector<std::int64_t> missing =
+                        store.ids_missing_features("d1", 1000);
+                    store.put_features("d1", missing,
+                                       Matrix::Zero(static_cast<Index>(missing.size()), 2));
+                    CHECK(store.ids_missing_features("d1", 1000).empty());
+                    if (rng.below(3) == 0) store.drop_features("d1");
+                    break;
+                }
+                case 2:
+                    if (!ids.empty())
+                        store.delete_ids(std::vector<std::int64_t>{ids[rng.below(ids.size())],
+                                                                   ids[rng.below(ids.size())]});
+                    break;
+                case 3:  // the watermark moves up or down
+                    store.set_trained_upto(
+                        static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(top) + 4)));
+                    break;
+                case 4:
+                    store.delete_older_than(clock - static_cast<std::int64_t>(rng.below(40)) - 20);
+                    break;
+                case 5:
+                    if (store.label_spec().size > 2 && rng.below(3) == 0)
+                        store.remove_class(static_cast<std::int32_t>(
+                            rng.below(static_cast<std::uint64_t>(store.label_spec().size))));
+                    else
+                        store.add_class("c" + std::to_string(round));
+                    break;
+                default:
+                    if (!ids.empty())
+                        store.erase_ids(std::vector<std::int64_t>{ids[rng.below(ids.size())]});
+            }
+            check_bookkeeping(db.path);
+            CHECK(store.count() == static_cast<std::int64_t>(all_ids(store).size()));
+            std::vector<std::int64_t> lacking;  // the truth, one sample at a time
+            for (const std::int64_t id : all_ids(store)) {
+                try {
+                    store.get_features("d1", std::vector<std::int64_t>{id});
+                } catch (const InvalidArgument&) {
+                    lacking.push_back(id);
+                }
+            }
+            CHECK(store.ids_missing_features("d1", 1000) == lacking);
+            std::int64_t per_label = 0;
+            for (const std::int64_t n : store.count_per_label()) per_label += n;
+            CHECK(per_label == store.count());
+        }
+    }
+}
+
+TEST_CASE("sample_trained: uniform among trained samples that are not held out; hold_out") {
+    TempDb db("sample-trained");
+    SampleStore store = SampleStore::open(db.path, image_options());
+    std::vector<Sample> batch;
+    for (int i = 0; i < 40; ++i) batch.push_back(image_sample(static_cast<float>(i), i % 4));
+    const std::vector<std::int64_t> ids = store.add_batch(batch);
+    Rng rng(3);
+    CHECK(store.sample_trained(100, rng) == ids);  // no watermark: every sample
+    store.set_trained_upto(ids[29]);
+    const std::vector<std::int64_t> marks(ids.begin(), ids.begin() + 10);
+    store.hold_out(marks);
+    store.hold_out(std::vector<std::int64_t>{9999});  // not stored: ignored
+    CHECK(store.held_out() == marks);
+    const std::vector<std::int64_t> eligible(ids.begin() + 10, ids.begin() + 30);
+    CHECK(store.sample_trained(100, rng) == eligible);
+    std::map<std::int64_t, int> hits;
+    for (int t = 0; t < 2000; ++t) {
+        const std::vector<std::int64_t> draw = store.sample_trained(5, rng);
+        REQUIRE(draw.size() == 5);
+        CHECK(std::is_sorted(draw.begin(), draw.end()));
+        CHECK(std::adjacent_find(draw.begin(), draw.end()) == draw.end());
+        for (const std::int64_t id : draw) ++hits[id];
+    }
+    CHECK(hits.size() == eligible.size());
+    for (const auto& [id, n] : hits) {
+        CHECK(std::binary_search(eligible.begin(), eligible.end(), id));
+        CHECK(std::abs(n - 500) < 100);  // binomial(2000, 1/4): sd ~19
+    }
+    // Same rng state, same draw.
+    Rng a(8), b(8);
+    CHECK(store.sample_trained(7, a) == store.sample_trained(7, b));
+    // A mark goes with its sample; clear_held_out drops the rest.
+    store.erase_ids(std::vector<std::int64_t>{ids[0]});
+    CHECK(store.held_out().size() == 9);
+    store.clear_held_out();
+    CHECK(store.held_out().empty());
+    // rows_read counts sample and feature rows read, not ids.
+    const std::int64_t before = SampleStore::rows_read();
+    store.put_features("d", std::vector<std::int64_t>{ids[1], ids[2], ids[3]}, Matrix::Zero(3, 2));
+    store.get_features("d", std::vector<std::int64_t>{ids[1], ids[3]});
+    store.get_many(std::vector<std::int64_t>{ids[5]}, Fields::no_input);
+    store.ids_after(0, 100);
+    CHECK(SampleStore::rows_read() - before ==
+          2 + 1 + 1);  // the dense range read passes ids[2] too
+}
+
+TEST_CASE("a schema v3 file (written by the v3 code) migrates to v4: counts, slots, watermark") {
+    TempDb db("v3");
+    std::filesystem::copy_file(fixture_path("store_v3.db"), db.path);
+    StoreOptions o = image_options();
+    o.retention = Retention::reservoir(10, 5);
+    {
+        SampleStore st = SampleStore::open(db.path, o);
+        CHECK(st.integrity_check() == "ok");
+        CHECK(st.count() == 12);
+        CHECK(st.count_per_label() == std::vector<std::int64_t>{3, 3, 3, 3, 0});
+        CHECK(st.classes().back().name == "extra");
+        CHECK(st.get(5)->input[1] == 5.125f);
+        CHECK(st.get_features("v3digest", std::vector<std::int64_t>{2})(0, 1) == 2.0f);
+        CHECK(st.get_meta("app.note") == "written by schema v3");
+        // Samples 9..12 are above the v3 watermark 8: the excess over 10 goes among 1..8.
+        std::vector<std::int64_t> evicted;
+        const auto ids = st.add_batch(std::vector<Sample>{image_sample(1, 4)}, evicted);
+        CHECK(ids[0] == 13);
+        CHECK(evicted.size() == 3);
+        for (const std::int64_t id : evicted) CHECK(id <= 8);
+        CHECK(st.count() == 10);
+    }
+    check_bookkeeping(db.path);
+    // A reopen migrates nothing again.
+    SampleStore again = SampleStore::open(db.path, image_options());
+    CHECK(again.count() == 10);
+    check_bookkeeping(db.path);
 }
 
 TEST_CASE("feature cache: put, get in order, missing, width, drop") {

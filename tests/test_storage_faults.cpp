@@ -211,7 +211,7 @@ TEST_CASE("a store with a newer schema version is refused and left untouched") {
     // (offset 60, 4 bytes big-endian, in the SQLite header) to 99.
     std::vector<std::uint8_t> bytes = file_bytes(db.path);
     REQUIRE(bytes.size() > 100);
-    REQUIRE(bytes[63] == 3);  // the current schema version
+    REQUIRE(bytes[63] == 4);  // the current schema version
     bytes[63] = 99;
     {
         std::ofstream out(db.path, std::ios::binary | std::ios::trunc);

@@ -387,3 +387,67 @@ TEST_CASE("retention: a reservoir keeps every sample until an update has trained
     const TrainReport second = p->train({.epochs = 1, .replay = Replay::none(), .tolerance = 1.0f});
     CHECK(second.train_samples + second.validation_samples == 6);
 }
+
+TEST_CASE("a bounded update reads the new, replayed and validation rows, never the whole store") {
+    // Counted through SampleStore::rows_read (every sample and feature row any store reads).
+    TempDb db("access");
+    auto p = Personalizer::open(db.path, {.backbone = backbone(),
+                                          .head = HeadSpec::linear(3),
+                                          .seed = 3,
+                                          .validation_fraction = 0.05f});
+    constexpr std::int64_t stored = 3000, fresh = 30, replay = 40;
+    for (std::uint64_t at = 0; at < stored; at += 300) p->add(samples(100, 1000 + at));
+    auto rows_read_by = [](const auto& f) {
+        const std::int64_t before = SampleStore::rows_read();
+        const TrainReport r = f();
+        return std::pair{SampleStore::rows_read() - before, r};
+    };
+    const auto [all_rows, all] =
+        rows_read_by([&] { return p->train({.epochs = 1, .replay = Replay::all()}); });
+    CHECK(all_rows >= 2 * stored);  // every sample row and every feature row
+    REQUIRE(all.validation_samples > 0);
+    p->add(samples(fresh / 3, 7));
+    const auto [rows, r] = rows_read_by([&] {
+        return p->train({.epochs = 2, .replay = Replay::reservoir(replay), .tolerance = 1.0f});
+    });
+    CHECK(r.outcome == TrainReport::Outcome::committed);
+    // The new samples train unless held out; the draw is `replay` older samples.
+    CHECK(r.train_samples + r.validation_samples >= fresh + replay);
+    CHECK(r.train_samples <= fresh + replay);
+    // A sample row and a feature row for each new, replayed and validation sample.
+    CHECK(rows <= 2 * (fresh + replay + r.validation_samples));
+    CHECK(rows < stored / 4);
+    MESSAGE(rows, " rows read for ", fresh, " new, ", replay, " replayed and ",
+            r.validation_samples, " validation samples (", stored + fresh, " stored)");
+    // The stored split is the one a read of everything computes.
+    const auto [none_rows, none] =
+        rows_read_by([&] { return p->train({.epochs = 1, .replay = Replay::none()}); });
+    const auto [again_rows, again] =
+        rows_read_by([&] { return p->train({.epochs = 1, .replay = Replay::all()}); });
+    CHECK(none.validation_samples == again.validation_samples);
+    CHECK(none.validation_samples == r.validation_samples);
+    CHECK(none_rows <= 2 * none.validation_samples);
+    CHECK(again_rows >= 2 * (stored + fresh));
+    // epochs = 0 on a linear head trains nothing, and reads nothing either.
+    p->add(samples(2, 99));
+    const auto [zero_rows, zero] = rows_read_by([&] { return p->train({.epochs = 0}); });
+    CHECK(zero.outcome == TrainReport::Outcome::nothing_to_do);
+    CHECK(zero.reason == "epochs = 0");
+    CHECK(zero_rows == 0);
+}
+
+TEST_CASE("a bounded update validates on a bounded draw of a large split") {
+    TempDb db("access-large");
+    auto p = Personalizer::open(db.path, {.backbone = backbone(), .head = HeadSpec::linear(3)});
+    for (std::uint64_t at = 0; at < 12000; at += 3000) p->add(samples(1000, 50000 + at));
+    const TrainReport all = p->train({.epochs = 1, .replay = Replay::all()});
+    REQUIRE(all.validation_samples > 2000);  // 20% of 12,000
+    p->add(samples(10, 11));
+    const std::int64_t before = SampleStore::rows_read();
+    const TrainReport r =
+        p->train({.epochs = 1, .replay = Replay::reservoir(50), .tolerance = 1.0f});
+    const std::int64_t rows = SampleStore::rows_read() - before;
+    CHECK(r.validation_samples <= 2000 + 30);  // the draw, and the new held-out samples
+    CHECK(r.validation_samples >= 2000);
+    CHECK(rows <= 2 * (30 + 50 + r.validation_samples));
+}

@@ -11,7 +11,8 @@ namespace edgetune {
 
 class Head : public Module {
 public:
-    Head(const HeadSpec& spec, Index feature_dim, Rng& rng);
+    // Init::zeros draws nothing: for a head whose parameters are loaded next.
+    Head(const HeadSpec& spec, Index feature_dim, Rng& rng, Init init = Init::torch_default);
 
     // features [n x F] -> outputs [n x C] (logits, or regression targets). Features are
     // L2-normalized first when spec.normalize.

@@ -3,14 +3,16 @@
 //
 //   read_dataset     what is stored: labels, targets, weights, cached features (dataset.cpp)
 //   mark_validation  which rows are held out (rows.cpp)
+//     (or, for an incremental run with a bounded replay, read_training_rows: only the new,
+//     validation and replay rows, the split read from the store; dataset.cpp)
 //   select_rows      which rows train: the new ones plus the replay draw (rows.cpp)
 //   prepare_loss     prototype init, class weights, the base pull (loss.cpp)
 //   run_epochs       the loop of one step: zero grad, forward, backward, clip, step, schedule,
 //                    budgets, progress (loop.cpp)
 //   decide           commit, roll back or fall back to the base head (decision.cpp)
 //
-// Only read_dataset touches the database; each of the others is unit-tested on a Dataset built
-// in memory (tests/test_training.cpp).
+// Only the readers (read_dataset, read_training_rows, record_split) touch the database; each of the
+// others is unit-tested on a Dataset built in memory (tests/test_training.cpp).
 #pragma once
 
 #include <chrono>
@@ -53,6 +55,36 @@ struct Dataset {
 Dataset read_dataset(const SampleStore& st, const HeadSpec& spec, const std::string& digest,
                      Index feature_dim);
 
+// What an incremental run reads instead of read_dataset when its replay is bounded
+// (Replay::reservoir or none): the new samples (id > trained_upto, a keyset scan from the
+// watermark), the validation split and the replay draw, and nothing else, so its cost and
+// memory follow new + replay + validation, not the store. The split is the one
+// mark_validation computes (same seed, fraction and content draw, classes too small to split
+// kept whole: class_is_split), recorded in the store's held-out set as samples arrive
+// (meta personalize.split says for which seed, fraction and features; a change redraws it
+// once); class counts come from the store. Of the older held-out samples (id <= trained_upto)
+// it validates on at most max_update_validation, drawn uniformly from `rng` (the new held-out
+// ones always: they must not train). The reservoir draw is SampleStore::sample_trained
+// (`size` of the trained, non-held-out samples, from `rng`); select_rows then takes all of
+// them. Writes the held-out marks of the samples it drew for (its own transaction). Throws
+// InvalidArgument as read_dataset does.
+// A sample of this many held-out rows measures a change of accuracy of a few points (the
+// guard's default tolerance is 2) to within about one point; more only costs time.
+constexpr std::size_t max_update_validation = 2000;
+struct SplitOptions {
+    std::uint64_t seed = 0;
+    float fraction = 0.0f;
+};
+Dataset read_training_rows(SampleStore& st, const HeadSpec& spec, const std::string& digest,
+                           Index feature_dim, const SplitOptions& split, std::int64_t trained_upto,
+                           const Replay& replay, Rng& rng);
+// After a read of every row (read_dataset + mark_validation): records the split draw of the
+// rows above the recorded ones, so that the next read_training_rows starts from there.
+void record_split(SampleStore& st, const Dataset& d, const std::string& digest,
+                  const SplitOptions& split);
+// True when read_training_rows serves this run (an incremental run with a bounded replay).
+bool reads_training_rows(bool from_base, const Replay& replay);
+
 // The caller's labelled samples with their features [n x F], for evaluation. Throws
 // InvalidArgument naming the sample whose label or target does not fit the head.
 Dataset dataset_of(std::span<const Sample> samples, Matrix features, const HeadSpec& spec);
@@ -68,6 +100,11 @@ constexpr double min_expected_held_out = 2.0;
 
 // Whether a class of `samples` rows is split at `fraction` (the two thresholds above).
 bool class_is_split(std::int64_t samples, float fraction);
+
+// The content draw of the validation split: true when a hash of the feature row [width] and
+// the label (seeded) falls below `fraction`. Held out if class_is_split for its class as well.
+bool drawn_for_validation(const float* row, Index width, std::int32_t label, std::uint64_t seed,
+                          float fraction);
 
 // Sets d.validation: a row is held out when class_is_split for its class and a hash of its
 // feature row and label (seeded) falls below `fraction`. The side a sample is
@@ -248,7 +285,6 @@ struct RunFacts {
 // The training rows of the classes that have no validation row (the few-shot classes the
 // validation split leaves whole), ascending.
 std::vector<std::size_t> unvalidated_rows(const Dataset& d, const RowSelection& rows);
-
 
 // A run with nothing to train (an empty store, no training rows, or epochs = 0 on an
 // incremental run of a head that is not a prototype head: a prototype head with epochs = 0

@@ -111,13 +111,84 @@ CREATE TABLE classes(
 CREATE INDEX classes_by_label ON classes(label);
 )";
 
+// v4: what retention and counting need without scanning the store, kept by the schema itself.
+// The slot index is partial (slot IS NOT NULL), so a sample that holds no slot (not trained on
+// yet) costs no index entry; every query of it says `slot IS NOT NULL` or `slot = ?`.
+//   * samples.slot: the samples a reservoir may evict (id <= store.trained_upto, or every sample
+//     when that key is absent) hold the dense slots 0 .. K-1, in no particular order; the others
+//     hold NULL. A reservoir eviction draws a slot and deletes the one sample that holds it: one
+//     index seek. A sample that leaves the slots (deleted, or unslotted when the watermark moves
+//     down) hands its slot to the holder of the highest one, so the slots stay dense.
+//   * meta store.samples: the number of stored samples.
+//   * classes.samples: the number of stored samples of each class.
+//   * meta store.features <digest>: the number of its cached feature rows, so "does any sample
+//     lack features" is a comparison of two counts (features rows always belong to a stored
+//     sample and there is at most one per digest and sample).
+// The triggers keep all of it on every delete, whatever statement does it (the cascade from
+// samples to features too). Samples and features are inserted in one place each,
+// insert_samples() and put_features() in sample_store.cpp, which give slots and add to the
+// counts once per batch (a trigger per inserted row costs about as much as the insert).
+// NOTE: an UPDATE of samples.label (remove_class's shift) leaves classes.samples alone: the
+// shifted class rows keep their counts, which is right because their samples shift with them.
+inline constexpr char schema_v4[] = R"(
+ALTER TABLE samples ADD COLUMN slot INTEGER;
+ALTER TABLE classes ADD COLUMN samples INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX samples_by_slot ON samples(slot) WHERE slot IS NOT NULL;
+CREATE TRIGGER samples_uncounted AFTER DELETE ON samples BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'store.samples';
+    UPDATE classes SET samples = samples - 1 WHERE label = old.label;
+    UPDATE samples SET slot = old.slot
+        WHERE old.slot IS NOT NULL AND slot > old.slot
+          AND slot = (SELECT max(slot) FROM samples WHERE slot IS NOT NULL);
+END;
+CREATE TRIGGER samples_unslotted AFTER UPDATE OF slot ON samples
+    WHEN old.slot IS NOT NULL AND new.slot IS NULL BEGIN
+    UPDATE samples SET slot = old.slot
+        WHERE slot > old.slot AND slot = (SELECT max(slot) FROM samples WHERE slot IS NOT NULL);
+END;
+CREATE TRIGGER features_uncounted AFTER DELETE ON features BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) - 1
+        WHERE key = 'store.features ' || old.backbone_digest;
+END;
+CREATE TABLE held_out(
+    sample_id INTEGER PRIMARY KEY REFERENCES samples(id) ON DELETE CASCADE
+);
+)";
+// The v4 data of an older store (migrate() in sample_store.cpp): the counts, then the slots of
+// the samples up to ?1 (the watermark, or the largest int64 when there is none) in id order.
+inline constexpr char fill_sample_count[] =
+    "INSERT INTO meta(key, value) VALUES ('store.samples', (SELECT count(*) FROM samples)) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+inline constexpr char fill_feature_counts[] =
+    "INSERT INTO meta(key, value) "
+    "SELECT 'store.features ' || backbone_digest, count(*) FROM features GROUP BY backbone_digest";
+inline constexpr char fill_class_counts[] =
+    "UPDATE classes SET samples = (SELECT count(*) FROM samples s WHERE s.label = classes.label)";
+// Slots ?3, ?3 + 1, ... to the samples with ?1 < id <= ?2, in id order.
+inline constexpr char slot_range[] =
+    "UPDATE samples SET slot = r.k FROM (SELECT id, ?3 + row_number() OVER (ORDER BY id) - 1 AS k "
+    "FROM samples WHERE id > ?1 AND id <= ?2) AS r WHERE samples.id = r.id";
+inline constexpr char slotted_ids_above[] =
+    "SELECT id FROM samples WHERE id > ?1 AND slot IS NOT NULL ORDER BY id DESC";
+inline constexpr char unslot_sample[] = "UPDATE samples SET slot = NULL WHERE id = ?1";
+inline constexpr char slot_count[] =
+    "SELECT coalesce(max(slot), -1) + 1 FROM samples WHERE slot IS NOT NULL";
+// Deletes the sample holding slot ?1; returns its id.
+inline constexpr char delete_slot[] = "DELETE FROM samples WHERE slot = ?1 RETURNING id";
+inline constexpr char id_at_slot[] = "SELECT id FROM samples WHERE slot = ?1";
+
+// --- the held-out set (v4) -------------------------------------------------------------------
+inline constexpr char insert_held_out[] = "INSERT OR IGNORE INTO held_out(sample_id) VALUES (?1)";
+inline constexpr char select_held_out[] = "SELECT sample_id FROM held_out ORDER BY sample_id";
+inline constexpr char is_held_out[] = "SELECT 1 FROM held_out WHERE sample_id = ?1";
+inline constexpr char clear_held_out[] = "DELETE FROM held_out";
+
 // --- classes ---------------------------------------------------------------------------------
 inline constexpr char insert_class[] =
     "INSERT INTO classes(label, name, created_at) VALUES (?1, ?2, ?3)";
 inline constexpr char count_classes[] = "SELECT count(*) FROM classes";
 inline constexpr char select_classes[] =
-    "SELECT c.label, c.name, c.created_at, "
-    "(SELECT count(*) FROM samples s WHERE s.label = c.label) FROM classes c ORDER BY c.label";
+    "SELECT label, name, created_at, samples FROM classes ORDER BY label";
 inline constexpr char select_class_by_name[] = "SELECT label FROM classes WHERE name = ?1";
 inline constexpr char rename_class[] = "UPDATE classes SET name = ?2 WHERE label = ?1";
 inline constexpr char delete_class[] = "DELETE FROM classes WHERE label = ?1";
@@ -129,7 +200,14 @@ inline constexpr char shift_sample_labels[] =
 // --- samples -------------------------------------------------------------------------------
 // Column order of every sample read: id, created_at, label, target, weight[, input].
 inline constexpr char insert_sample[] =
-    "INSERT INTO samples(created_at, label, target, weight, input) VALUES (?1, ?2, ?3, ?4, ?5)";
+    "INSERT INTO samples(created_at, label, target, weight, input, slot) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+// What an insert_samples batch adds to the counts (schema v4).
+inline constexpr char add_sample_count[] =
+    "UPDATE meta SET value = CAST(value AS INTEGER) + ?1 WHERE key = 'store.samples'";
+inline constexpr char add_class_count[] =
+    "UPDATE classes SET samples = samples + ?2 WHERE label = ?1";
+inline constexpr char set_slot[] = "UPDATE samples SET slot = ?1 WHERE id = ?2";
 inline constexpr char select_sample[] =
     "SELECT id, created_at, label, target, weight, input FROM samples WHERE id = ?1";
 inline constexpr char select_sample_no_input[] =
@@ -140,33 +218,34 @@ inline constexpr char select_samples_after[] =
 inline constexpr char select_samples_after_no_input[] =
     "SELECT id, created_at, label, target, weight FROM samples WHERE id > ?1 "
     "ORDER BY id LIMIT ?2";
-inline constexpr char count_samples[] = "SELECT count(*) FROM samples";
-inline constexpr char count_samples_upto[] = "SELECT count(*) FROM samples WHERE id <= ?1";
-inline constexpr char count_per_label[] =
-    "SELECT label, count(*) FROM samples WHERE label IS NOT NULL GROUP BY label";
+inline constexpr char count_per_label[] = "SELECT label, samples FROM classes";
+inline constexpr char class_count[] = "SELECT samples FROM classes WHERE label = ?1";
 inline constexpr char select_all_ids[] = "SELECT id FROM samples ORDER BY id";
 inline constexpr char select_ids_of_label[] = "SELECT id FROM samples WHERE label = ?1 ORDER BY id";
 inline constexpr char select_recent_ids[] =
     "SELECT id FROM (SELECT id FROM samples ORDER BY id DESC LIMIT ?1) ORDER BY id";
 inline constexpr char select_ids_after[] =
     "SELECT id FROM samples WHERE id > ?1 ORDER BY id LIMIT ?2";
-inline constexpr char select_id_at_offset[] =
-    "SELECT id FROM samples ORDER BY id LIMIT 1 OFFSET ?1";
 inline constexpr char delete_sample[] = "DELETE FROM samples WHERE id = ?1";
 inline constexpr char delete_samples_before[] = "DELETE FROM samples WHERE created_at < ?1";
-// Keeps the ?1 + 1 highest ids; returns the deleted ids.
-inline constexpr char trim_to_newest[] =
-    "DELETE FROM samples WHERE id < "
-    "(SELECT id FROM samples ORDER BY id DESC LIMIT 1 OFFSET ?1) RETURNING id";
-// Keeps the ?2 + 1 highest ids of class ?1; returns the deleted ids.
-inline constexpr char trim_class_to_newest[] =
-    "DELETE FROM samples WHERE label = ?1 AND id < "
-    "(SELECT id FROM samples WHERE label = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2) RETURNING id";
+// Deletes the ?1 lowest ids; returns them.
+inline constexpr char delete_oldest[] =
+    "DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id LIMIT ?1) RETURNING id";
+// Deletes the ?2 lowest ids of class ?1; returns them.
+inline constexpr char delete_oldest_of_class[] =
+    "DELETE FROM samples WHERE id IN "
+    "(SELECT id FROM samples WHERE label = ?1 ORDER BY id LIMIT ?2) RETURNING id";
 
 // --- features ------------------------------------------------------------------------------
-inline constexpr char upsert_feature[] =
-    "INSERT INTO features(sample_id, backbone_digest, value) VALUES (?1, ?2, ?3) "
-    "ON CONFLICT (backbone_digest, sample_id) DO UPDATE SET value = excluded.value";
+// put_features: insert, or (no change) replace the value; then the batch's new rows counted.
+inline constexpr char insert_feature[] =
+    "INSERT OR IGNORE INTO features(sample_id, backbone_digest, value) VALUES (?1, ?2, ?3)";
+inline constexpr char update_feature[] =
+    "UPDATE features SET value = ?3 WHERE backbone_digest = ?2 AND sample_id = ?1";
+// The counts are meta rows (the page every add writes anyway): one WAL page less per commit.
+inline constexpr char add_feature_count[] =
+    "INSERT INTO meta(key, value) VALUES ('store.features ' || ?1, ?2) "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value";
 inline constexpr char select_feature[] =
     "SELECT value FROM features WHERE backbone_digest = ?1 AND sample_id = ?2";
 inline constexpr char select_features_in_range[] =
@@ -174,6 +253,9 @@ inline constexpr char select_features_in_range[] =
     "AND sample_id BETWEEN ?2 AND ?3 ORDER BY sample_id";
 inline constexpr char select_feature_bytes[] =
     "SELECT length(value) FROM features WHERE backbone_digest = ?1 LIMIT 1";
+inline constexpr char feature_rows_of_digest[] =
+    "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta "
+    "WHERE key = 'store.features ' || ?1), 0)";
 inline constexpr char select_ids_missing_features[] =
     "SELECT s.id FROM samples s WHERE NOT EXISTS "
     "(SELECT 1 FROM features f WHERE f.backbone_digest = ?1 AND f.sample_id = s.id) "
