@@ -17,6 +17,9 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define EDGETUNE_API [[gnu::visibility("default")]]
+// A private type inside the public namespace (e.g. a public class's Impl): not exported.
+#define EDGETUNE_HIDDEN [[gnu::visibility("hidden")]]
 #else
 #define EDGETUNE_API
+#define EDGETUNE_HIDDEN
 #endif

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "detail/training.hpp"
+#include "export.hpp"
 #include "personalize.hpp"
 
 namespace edgetune {
@@ -41,7 +42,7 @@ auto retry_evicted(F&& read) {
 
 }  // namespace detail
 
-struct Personalizer::Impl {
+struct EDGETUNE_HIDDEN Personalizer::Impl {
     std::string path;
     PersonalizerOptions options;
     StoreOptions store_options;
