@@ -3,7 +3,7 @@
 # temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
 # bad input gives exactly one line on stderr.
 # Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
-#        forget_export classes no_surprise)
+#        forget_export classes no_surprise setup)
 set -u
 # meson passes the executables relative to the build directory: make them absolute first.
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
@@ -45,12 +45,15 @@ expect_error_prefix() {
         { fail "stderr is not one line starting '$1'"; sed 's/^/  stderr: /' err.txt >&2; }
 }
 
-DB="--db user.db --backbone backbone.etb --classes 3"
+# A database is created once with its backbone and class count (NEW); it records them, so
+# every later command names only the database (DB).
+NEW="--db user.db --backbone backbone.etb --classes 3"
+DB="--db user.db"
 
 case "$scenario" in
 help)
     run 0 "$E" --help
-    expect_out "usage: edgetune COMMAND --db FILE --backbone FILE --classes N"
+    expect_out "usage: edgetune COMMAND --db FILE [options]"
     for c in info add train predict forget class export; do
         run 0 "$E" "$c" --help
         expect_out "usage: edgetune $c --db FILE"
@@ -66,7 +69,7 @@ help)
     expect_error "edgetune: info: unexpected argument 'stray' (see edgetune info --help)"
     ;;
 workflow)
-    run 0 "$E" add $DB --csv train.csv
+    run 0 "$E" add $NEW --csv train.csv
     expect_out "added 120 samples (ids 1-120); user.db holds 120"
     run 0 "$E" info $DB
     expect_out "samples      120"
@@ -97,21 +100,23 @@ workflow)
     expect_out "committed, 3 steps"
     ;;
 errors)
-    run 1 "$E" add $DB --csv bad_width.csv
+    run 1 "$E" add $NEW --csv bad_width.csv
     expect_error "edgetune: add: line 3: expected 5 values, got 3"
     [ -e user.db ] && fail "a rejected add created the database"
-    run 1 "$E" add $DB --csv bad_label.csv
+    run 1 "$E" add $NEW --csv bad_label.csv
     expect_error "edgetune: add: line 2: label 7 out of range for 3 classes"
-    run 1 "$E" add $DB --csv bad_number.csv
+    run 1 "$E" add $NEW --csv bad_number.csv
     expect_error "edgetune: add: line 1: value 1 'abc' is not a number"
-    run 1 "$E" add $DB --csv nan.csv
+    run 1 "$E" add $NEW --csv nan.csv
     expect_error "edgetune: add: line 3: value 3 is nan (not finite)"
-    run 1 "$E" add $DB --csv missing.csv
+    run 1 "$E" add $NEW --csv missing.csv
     expect_error "edgetune: add: cannot read 'missing.csv'"
     run 1 "$E" train $DB
-    expect_error "edgetune: train: database 'user.db' does not exist (\`edgetune add\` creates it)"
-    run 2 "$E" train --db user.db --backbone backbone.etb
-    expect_error "edgetune: train: missing option --classes (see edgetune train --help)"
+    expect_error "edgetune: train: database 'user.db' does not exist (\`edgetune add --backbone FILE --classes N\` creates it)"
+    run 2 "$E" add --db user.db --backbone backbone.etb --csv train.csv
+    expect_error "edgetune: add: missing option --classes (creating a database) (see edgetune add --help)"
+    run 2 "$E" add --db user.db --classes 3 --csv train.csv
+    expect_error "edgetune: add: missing option --backbone (see edgetune add --help)"
     run 2 "$E" train $DB --replay reservoir
     expect_error "edgetune: train: --replay reservoir:N needs a sample count N > 0, got 'reservoir' (see edgetune train --help)"
     run 2 "$E" train $DB --epochs abc
@@ -122,9 +127,9 @@ errors)
     expect_error "edgetune: add: backbone 'missing.etb' does not exist"
     run 1 "$E" add --db user.db --backbone corrupt.etb --classes 3 --csv train.csv
     expect_error_prefix "edgetune: add: "
-    run 0 "$E" add $DB --csv train.csv
-    run 1 "$E" add --db user.db --backbone backbone.etb --classes 4 --csv train.csv
-    expect_error_prefix "edgetune: add: "
+    run 0 "$E" add $NEW --csv train.csv
+    run 1 "$E" add --db user.db --classes 4 --csv train.csv
+    expect_error "edgetune: add: 'user.db' holds a linear head created with 3 classes (3 classes now); --classes 4 was given (--head and --classes only apply when a database is created; leave them out)"
     run 0 "$E" info $DB
     expect_out "samples      120"
     printf '1,2,3\n' >short.csv
@@ -134,7 +139,7 @@ errors)
     expect_error_prefix "edgetune: export: "
     ;;
 idx)
-    run 0 "$E" add $DB --idx-images images.idx.gz --idx-labels labels.idx --limit 45
+    run 0 "$E" add $NEW --idx-images images.idx.gz --idx-labels labels.idx --limit 45
     expect_out "added 45 samples (ids 1-45); user.db holds 45"
     run 1 "$E" add $DB --idx-images images.idx.gz --idx-labels labels_short.idx
     expect_error "edgetune: add: 'images.idx.gz' has 60 images but 'labels_short.idx' has 59 labels"
@@ -148,7 +153,7 @@ idx)
     expect_out "outcome     committed"
     ;;
 forget_export)
-    run 0 "$E" add $DB --csv train.csv
+    run 0 "$E" add $NEW --csv train.csv
     run 0 "$E" train $DB --epochs 20 --quiet
     run 0 "$E" forget $DB --ids 1-5,7 --epochs 10 --quiet
     expect_out "forgot 6 samples; user.db holds 114"
@@ -170,7 +175,7 @@ forget_export)
     [ -s head.ckpt ] || fail "export wrote no file"
     ;;
 classes)
-    run 0 "$E" add $DB --csv train.csv
+    run 0 "$E" add $NEW --csv train.csv
     run 0 "$E" train $DB --epochs 20 --quiet
     run 0 "$E" class $DB list
     expect_out "     2  2                              40 samples"
@@ -196,13 +201,15 @@ classes)
 no_surprise)
     # Nothing is destroyed by surprise: another backbone is refused without a write, read-only
     # commands never write, a backbone change needs --upgrade-backbone; bounded --ids.
-    run 0 "$E" add $DB --csv train.csv
+    run 0 "$E" add $NEW --csv train.csv
     run 0 "$E" train $DB --epochs 20 --quiet
     before=$(cksum <user.db)
-    OTHER="--db user.db --backbone backbone2.etb --classes 3"
+    OTHER="--db user.db --backbone backbone2.etb"
     for c in info train; do
         run 1 "$E" $c $OTHER
-        expect_error_prefix "edgetune: $c: [Personalizer.open] 'user.db' holds the features and head of backbone"
+        expect_error_prefix "edgetune: $c: 'user.db' holds the features and head of backbone '$PWD/backbone.etb' (digest "
+        grep -qF "the backbone given, 'backbone2.etb', is another one (digest " err.txt ||
+            fail "the mismatch error does not name the backbone given"
     done
     run 0 "$E" info $DB
     run 0 "$E" predict $DB --csv rows.csv
@@ -211,6 +218,8 @@ no_surprise)
     run 0 "$E" train $OTHER --quiet --upgrade-backbone --epochs 20
     expect_error_prefix "edgetune: note: 'user.db' was trained with another backbone"
     run 0 "$E" info $OTHER
+    run 0 "$E" info $DB
+    expect_out "backbone     $PWD/backbone2.etb"
     run 2 "$E" forget $DB --ids 1-9223372036854775807
     expect_error "edgetune: forget: id range '1-9223372036854775807' makes more than 10000000 ids (see edgetune forget --help)"
     run 2 "$E" forget $DB --ids 1-6000000,1-6000000
@@ -219,6 +228,48 @@ no_surprise)
     expect_error "edgetune: forget: bad sample id '+-1' (expected N or N-M, ids > 0) (see edgetune forget --help)"
     run 1 "$E" add $DB --csv plus_minus.csv
     expect_error_prefix "edgetune: add: line 2"
+    ;;
+setup)
+    # The database records its setup: created once with --backbone/--classes, then --db only;
+    # what it holds and what is given are named when they disagree; reading never writes.
+    run 1 "$E" info --db none.db
+    expect_error "edgetune: info: database 'none.db' does not exist (\`edgetune add --backbone FILE --classes N\` creates it)"
+    [ -e none.db ] && fail "info created none.db"
+    : >empty.db
+    run 1 "$E" info --db empty.db
+    expect_error "edgetune: info: 'empty.db' is an empty file, not an edgetune database"
+    run 1 "$E" predict --db empty.db --csv rows.csv
+    [ -s empty.db ] && fail "info or predict wrote into empty.db"
+    [ -e empty.db-wal ] && fail "info or predict made empty.db a store"
+    printf 'not a database\n' >text.db
+    run 1 "$E" info --db text.db
+    expect_error "edgetune: info: 'text.db' is not an edgetune database (file is not a database)"
+    run 0 "$E" add --db user.db --backbone backbone.etb --classes 3 --head prototype --csv train.csv
+    for c in "train --epochs 10 --quiet" "predict --csv rows.csv" "forget 1 --quiet" \
+        "export --out head.ckpt" "class list" "info"; do
+        run 0 "$E" $c --db user.db
+    done
+    expect_out "head         prototype head created with 3 classes; 3 classes now"
+    expect_out "backbone     $PWD/backbone.etb (digest "
+    run 0 "$E" info --db user.db --head prototype --classes 3 --backbone backbone.etb
+    run 1 "$E" train --db user.db --head linear
+    expect_error "edgetune: train: 'user.db' holds a prototype head created with 3 classes (3 classes now); --head linear was given (--head and --classes only apply when a database is created; leave them out)"
+    # The backbone file moved: the database says so; --backbone once records the new path.
+    mv backbone.etb moved.etb
+    run 1 "$E" info --db user.db
+    expect_error_prefix "edgetune: info: 'user.db' was created with backbone '$PWD/backbone.etb' (digest "
+    grep -qF "which does not exist any more; give --backbone FILE" err.txt || fail "no hint to give --backbone"
+    run 0 "$E" info --db user.db --backbone moved.etb
+    run 1 "$E" info --db user.db
+    run 0 "$E" train --db user.db --backbone moved.etb --epochs 5 --quiet
+    run 0 "$E" info --db user.db
+    expect_out "backbone     $PWD/moved.etb (digest "
+    # Another file at the recorded path is refused, never used.
+    cp backbone2.etb moved.etb
+    run 1 "$E" predict --db user.db --csv rows.csv
+    expect_error_prefix "edgetune: predict: the backbone file '$PWD/moved.etb' recorded by 'user.db' has changed (digest "
+    run 2 "$E" train --db user.db --upgrade-backbone
+    expect_error "edgetune: train: --upgrade-backbone needs --backbone FILE (the new backbone) (see edgetune train --help)"
     ;;
 *)
     echo "cli_test.sh: unknown scenario '$scenario'" >&2
