@@ -131,22 +131,4 @@ std::vector<std::int64_t> parse_ids(const std::vector<std::string>& items) {
     return ids;
 }
 
-std::string json_escape(std::string_view s) {
-    std::string out;
-    for (const char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += ch;
-        } else if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\u%04x", c);
-            out += buf;
-        } else {
-            out += ch;
-        }
-    }
-    return out;
-}
-
 }  // namespace edgetune::cli

@@ -71,8 +71,6 @@ std::int64_t int_option(const Args& args, const std::string& name, std::int64_t 
 float float_option(const Args& args, const std::string& name, float fallback);
 // Sample ids and ranges ("3,7,10-12"), sorted and unique; bounded (UsageError past 10 million).
 std::vector<std::int64_t> parse_ids(const std::vector<std::string>& items);
-// Text as JSON string content (quotes, backslashes and control characters escaped).
-std::string json_escape(std::string_view s);
 
 // ---------------------------------------------------------------------------------------
 // Opening the database (database.cpp)

@@ -48,13 +48,13 @@ struct Command {
 const std::vector<Command>& commands() {
     static const std::vector<Command> table = {
         {"info",
-         "samples per label, checkpoints and the last training runs",
+         "backbone, head, classes with their samples, checkpoints and the last training runs",
          " [--runs N] [--json] [--all-labels]\n\n"
          "  --runs N          how many training runs to list (default 5)\n"
-         "  --all-labels      list every label's count (default: the 40 most frequent when more)\n"
-         "  --json            print the runs' reports as stored (JSON)\n",
+         "  --all-labels      list every class (default: the 40 with most samples when more)\n"
+         "  --json            all of it as one JSON object (runs: the training log's reports)\n",
          {"runs"},
-         {"json"},
+         {"json", "all-labels"},
          false,
          cmd_info},
         {"add",
@@ -87,13 +87,16 @@ const std::vector<Command>& commands() {
          true,
          cmd_train},
         {"predict",
-         "top-k labels for CSV rows",
-         " --csv FILE [--k N] [--labelled]\n\n"
+         "top-k classes for CSV rows, by name; with --labelled, accuracy per class",
+         " --csv FILE [--k N] [--labelled] [--json]\n\n"
          "  --csv FILE        one input a line: the backbone's D values ('-' reads stdin)\n"
-         "  --k N             labels per row, best first (default 3)\n"
-         "  --labelled        rows start with a label (as for add); also prints top-1 accuracy\n",
+         "  --k N             classes per row, best first (default 3); a calibrated head\n"
+         "                    answers `unknown` for an input no class accepts\n"
+         "  --labelled        rows start with a label (as for add); also prints top-1 and top-k\n"
+         "                    accuracy, the accuracy of each class and the most-confused pairs\n"
+         "  --json            rows (and the accuracies) as one JSON object\n",
          {"csv", "k"},
-         {"labelled"},
+         {"labelled", "json"},
          false,
          cmd_predict},
         {"forget",

@@ -3,7 +3,7 @@
 # temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
 # bad input gives exactly one line on stderr.
 # Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
-#        forget_export classes no_surprise setup)
+#        forget_export classes no_surprise setup reports)
 set -u
 # meson passes the executables relative to the build directory: make them absolute first.
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
@@ -73,7 +73,7 @@ workflow)
     expect_out "added 120 samples (ids 1-120); user.db holds 120"
     run 0 "$E" info $DB
     expect_out "samples      120"
-    expect_out "0: 40"
+    expect_out "      0  0          40"
     expect_out "checkpoints  1"
     run 0 "$E" train $DB --epochs 30 --lr 0.05 --seed 1
     expect_out "outcome     committed"
@@ -97,7 +97,7 @@ workflow)
     expect_out "added 1 sample (ids 151-151)"
     run 0 "$E" info $DB --runs 2
     expect_out "runs         last 2 of the training log"
-    expect_out "committed, 3 steps"
+    grep -q "^  #[0-9]* .*  committed  *3  " out.txt || fail "the last run (3 steps) is not listed"
     ;;
 errors)
     run 1 "$E" add $NEW --csv bad_width.csv
@@ -228,6 +228,69 @@ no_surprise)
     expect_error "edgetune: forget: bad sample id '+-1' (expected N or N-M, ids > 0) (see edgetune forget --help)"
     run 1 "$E" add $DB --csv plus_minus.csv
     expect_error_prefix "edgetune: add: line 2"
+    ;;
+reports)
+    # Reports people read (classes by name, per-class accuracy, confusions, runs as a table) and
+    # the same as JSON, checked against each other by a parser.
+    run 0 "$E" add $NEW --csv train.csv
+    run 0 "$E" class $DB rename 1 dog
+    run 0 "$E" train $DB --epochs 1 --lr 0.002 --quiet --json
+    python3 -c '
+import json, sys
+r = json.load(open("out.txt"))
+assert r["outcome"] == "committed" and r["steps"] > 0, r
+assert r["train_samples"] + r["validation_samples"] == 120, r
+' || fail "train --json is not the report"
+    run 0 "$E" predict $DB --csv test.csv --labelled --k 2
+    expect_out "per class:"
+    expect_out "      1  dog        20    "
+    expect_out "top-2 accuracy"
+    grep -q "^line [0-9]*: \(0\|dog\|2\) ([0-9.]*%), \(0\|dog\|2\) ([0-9.]*%)  \[label \(0\|dog\|2\)\]$" out.txt ||
+        fail "predict rows do not name the classes"
+    grep -q "^  \(0\|dog\|2\) -> \(0\|dog\|2\): [0-9]* ([0-9.]*%)$" out.txt ||
+        fail "no most-confused pair listed (a barely trained head confuses some rows)"
+    run 0 "$E" predict $DB --csv test.csv --labelled --k 2 --json
+    python3 -c '
+import json
+d = json.load(open("out.txt"))
+rows = d["rows"]
+assert len(rows) == 60 and all(len(r["top"]) == 2 for r in rows)
+right = sum(r["top"][0]["label"] == r["label"] for r in rows)
+assert abs(d["accuracy"] - right / 60) < 1e-6, (d["accuracy"], right)
+assert right < 60, "expected some confusions from a barely trained head"
+topk = sum(r["label"] in (t["label"] for t in r["top"]) for r in rows)
+assert abs(d["top_k_accuracy"] - topk / 60) < 1e-6 and d["top_k"] == 2
+names = {c["label"]: c["name"] for c in d["classes"]}
+assert names == {0: "0", 1: "dog", 2: "2"}, names
+for c in d["classes"]:
+    mine = [r for r in rows if r["label"] == c["label"]]
+    assert c["samples"] == len(mine)
+    assert abs(c["accuracy"] - sum(r["top"][0]["label"] == r["label"] for r in mine) / len(mine)) < 1e-6
+pairs = {}
+for r in rows:
+    if r["top"][0]["label"] != r["label"]:
+        key = (r["label"], r["top"][0]["label"])
+        pairs[key] = pairs.get(key, 0) + 1
+assert {(c["label"], c["answered"]): c["rows"] for c in d["confusions"]} == pairs
+counts = [c["rows"] for c in d["confusions"]]
+assert counts == sorted(counts, reverse=True)
+' || fail "predict --json is inconsistent"
+    run 0 "$E" info $DB
+    expect_out "classes      3"
+    expect_out "      1  dog        40"
+    expect_out "  run   time (UTC)           outcome         steps   train   valid  before     after     reason"
+    grep -q "^  #1 .* committed  *[0-9]*  *9[0-9]  *2[0-9]  .*-> .*completed$" out.txt ||
+        fail "the run is not a table row"
+    run 0 "$E" info $DB --json
+    python3 -c '
+import json
+d = json.load(open("out.txt"))
+assert d["samples"] == 120 and [c["name"] for c in d["classes"]] == ["0", "dog", "2"]
+assert [c["samples"] for c in d["classes"]] == [40, 40, 40]
+assert d["backbone"]["features"] == 16 and len(d["backbone"]["digest"]) == 16
+assert [c["kind"] for c in d["checkpoints"]] == ["base", "trained"]
+assert len(d["runs"]) == 1 and d["runs"][0]["report"]["outcome"] == "committed"
+' || fail "info --json is not what the database holds"
     ;;
 setup)
     # The database records its setup: created once with --backbone/--classes, then --db only;
