@@ -75,9 +75,8 @@ std::optional<float> to_float(std::string_view s) {
     return static_cast<float>(v);
 }
 
-std::int64_t int_option(const Args& args, const std::string& name, std::int64_t fallback,
-                        std::int64_t min, std::int64_t max) {
-    const auto text = args.get(name);
+std::int64_t int_of(const std::string& name, const std::optional<std::string>& text,
+                    std::int64_t fallback, std::int64_t min, std::int64_t max) {
     if (!text) return fallback;
     const auto v = to_int(*text);
     if (!v) throw UsageError("--" + name + ": expected an integer, got '" + *text + "'");
@@ -87,13 +86,17 @@ std::int64_t int_option(const Args& args, const std::string& name, std::int64_t 
     return *v;
 }
 
-float float_option(const Args& args, const std::string& name, float fallback) {
-    const auto text = args.get(name);
+float float_of(const std::string& name, const std::optional<std::string>& text, float fallback) {
     if (!text) return fallback;
     const auto v = to_float(*text);
     if (!v || !std::isfinite(*v) || *v < 0.0f)
         throw UsageError("--" + name + ": expected a number >= 0, got '" + *text + "'");
     return *v;
+}
+
+std::int64_t int_option(const Args& args, const std::string& name, std::int64_t fallback,
+                        std::int64_t min, std::int64_t max) {
+    return int_of(name, args.get(name), fallback, min, max);
 }
 
 // At most this many ids in all: a range like 1-9223372036854775807 is refused before it is

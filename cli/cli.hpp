@@ -66,9 +66,13 @@ std::string trim(std::string_view s);
 // Whole-string integer / float parsing (no locale, no trailing garbage).
 std::optional<std::int64_t> to_int(std::string_view s);
 std::optional<float> to_float(std::string_view s);
+// The value of option --name given as `text` (nullopt: not given, `fallback`); UsageError
+// naming the option for anything else than an integer in [min, max] / a finite number >= 0.
+std::int64_t int_of(const std::string& name, const std::optional<std::string>& text,
+                    std::int64_t fallback, std::int64_t min, std::int64_t max = INT64_MAX);
+float float_of(const std::string& name, const std::optional<std::string>& text, float fallback);
 std::int64_t int_option(const Args& args, const std::string& name, std::int64_t fallback,
                         std::int64_t min, std::int64_t max = INT64_MAX);
-float float_option(const Args& args, const std::string& name, float fallback);
 // Sample ids and ranges ("3,7,10-12"), sorted and unique; bounded (UsageError past 10 million).
 std::vector<std::int64_t> parse_ids(const std::vector<std::string>& items);
 
@@ -95,10 +99,14 @@ enum class Access { read_only, write, create };
 // command line asks for.
 struct Resolved {
     std::string db;
-    bool create = false;       // the database does not exist yet (Access::create only)
-    bool record_path = false;  // the backbone's path is to be recorded (again)
-    HeadSpec head;             // as recorded (its outputs: the initial class count)
-    std::int64_t classes = 0;  // the live class count
+    bool create = false;                // the database does not exist yet (Access::create only)
+    bool record_path = false;           // the backbone's path is to be recorded (again)
+    HeadSpec head;                      // as recorded (its outputs: the initial class count)
+    std::int64_t classes = 0;           // the live class count
+    std::int64_t samples = 0;           // stored samples
+    bool untrained = true;              // some stored sample is newer than the committed head
+    std::optional<std::string> recipe;  // the recipe that trained the committed head (JSON)
+    float validation = 0.2f;  // PersonalizerOptions::validation_fraction of a training open
     std::shared_ptr<const Backbone> backbone;
     std::string backbone_path;
 };
@@ -132,7 +140,19 @@ std::vector<Sample> read_idx(const std::string& images_path, const std::string& 
 
 extern const std::set<std::string> train_options;
 extern const char* const train_help;
-TrainOptions parse_train_options(const Args& args);
+
+// A training recipe (recipe.cpp): the training options' values by flag name.
+using Recipe = std::map<std::string, std::string>;
+// The recipe of a run: defaults < `stored` (the recipe that trained the head, as JSON: forget
+// and class remove) < --recipe NAME < the flags given.
+Recipe resolve_recipe(const Args& args, const std::optional<std::string>& stored);
+// Its TrainOptions; `stored_samples` sizes a cosine schedule without a length. UsageError
+// naming the flag for a bad value.
+TrainOptions train_options_of(const Recipe& r, std::int64_t stored_samples);
+float validation_of(const Recipe& r);
+std::string recipe_json(const Recipe& r);
+// Stores the recipe with the head a run committed (`cli.recipe`; database.cpp).
+void record_recipe(Personalizer& p, const TrainReport& report, const Recipe& r);
 const char* outcome_name(TrainReport::Outcome o);
 void print_report(const TrainReport& r, bool json);
 int report_status(const TrainReport& r);

@@ -47,12 +47,54 @@ int cmd_add(const Args& args) {
     return 0;
 }
 
+namespace {
+
+// A database opened to train, with the run's recipe: the flags over --recipe's defaults, and
+// for a retrain (forget, class remove) over the recipe stored with the committed head.
+struct Training {
+    Resolved setup;
+    Recipe recipe;
+    TrainOptions options;
+};
+
+Training prepare_training(const Args& args, bool retrain) {
+    Training t;
+    // Bad flags are usage errors before anything is opened.
+    const Recipe given = resolve_recipe(args, std::nullopt);
+    train_options_of(given, 0);
+    validation_of(given);
+    t.setup = resolve_db(args, Access::write);
+    t.recipe = resolve_recipe(args, retrain ? t.setup.recipe : std::nullopt);
+    t.options = train_options_of(t.recipe, t.setup.samples);
+    t.setup.validation = validation_of(t.recipe);
+    return t;
+}
+
+}  // namespace
+
 int cmd_train(const Args& args) {
-    const TrainOptions options = parse_train_options(args);
-    Opened o = open_db(args, Access::write);
+    Training t = prepare_training(args, false);
+    const bool json = args.flag("json");
+    if (!t.setup.untrained && !args.flag("again") && !args.flag("upgrade-backbone")) {
+        // Nothing new: a run would only replay what the head has learned.
+        TrainReport r;
+        r.reason = t.setup.samples == 0 ? "the database holds no samples (edgetune add stores some)"
+                                        : "nothing new: the committed head has trained on all " +
+                                              std::to_string(t.setup.samples) +
+                                              " stored samples (--again trains on them anyway)";
+        // The backbone's new path (--backbone) is still recorded.
+        if (t.setup.record_path) open_resolved(args, Access::write, std::move(t.setup));
+        if (json)
+            std::printf("%s\n", r.to_json().c_str());
+        else
+            std::printf("nothing to do: %s\n", r.reason.c_str());
+        return 0;
+    }
+    Opened o = open_resolved(args, Access::write, std::move(t.setup));
     const TrainReport r =
-        train_with_progress(*o.personalizer, options, args.flag("quiet"), false, {});
-    print_report(r, args.flag("json"));
+        train_with_progress(*o.personalizer, t.options, args.flag("quiet"), false, {});
+    record_recipe(*o.personalizer, r, t.recipe);
+    print_report(r, json);
     return report_status(r);
 }
 
@@ -61,12 +103,13 @@ int cmd_forget(const Args& args) {
     if (const auto list = args.get("ids")) items.push_back(*list);
     const std::vector<std::int64_t> ids = parse_ids(items);
     if (ids.empty()) throw UsageError("no sample ids given (--ids 3,7,10-12 or ids as arguments)");
-    const TrainOptions options = parse_train_options(args);
-    Opened o = open_db(args, Access::write);
+    Training t = prepare_training(args, true);
+    Opened o = open_resolved(args, Access::write, std::move(t.setup));
     // forget() deletes what is stored and reports the ids it did not find: an error here,
     // after the others are forgotten (a typo must not pass silently).
     const TrainReport r =
-        train_with_progress(*o.personalizer, options, args.flag("quiet"), true, ids);
+        train_with_progress(*o.personalizer, t.options, args.flag("quiet"), true, ids);
+    record_recipe(*o.personalizer, r, t.recipe);
     const std::vector<std::int64_t>& missing = r.not_found;
     std::printf("forgot %zu samples; %s holds %lld\n", ids.size() - missing.size(), o.db.c_str(),
                 static_cast<long long>(o.personalizer->sample_count()));
@@ -100,7 +143,10 @@ int cmd_class(const Args& args) {
             throw UsageError("bad class label '" + text + "' (expected a number >= 0)");
         return v;
     };
-    Opened o = open_db(args, verb == "list" ? Access::read_only : Access::write);
+    std::optional<Training> t;
+    if (verb == "remove") t = prepare_training(args, true);
+    Opened o = t ? open_resolved(args, Access::write, std::move(t->setup))
+                 : open_db(args, verb == "list" ? Access::read_only : Access::write);
     Personalizer& p = *o.personalizer;
     if (verb == "add") {
         const std::int32_t label = p.add_class(words[1]);
@@ -110,7 +156,8 @@ int cmd_class(const Args& args) {
         p.rename_class(label_of(words[1]), words[2]);
         std::printf("class %s is now '%s'\n", words[1].c_str(), words[2].c_str());
     } else if (verb == "remove") {
-        const TrainReport r = p.remove_class(label_of(words[1]), parse_train_options(args));
+        const TrainReport r = p.remove_class(label_of(words[1]), t->options);
+        record_recipe(p, r, t->recipe);
         std::printf("removed class %s; %s holds %lld samples in %zu classes\n", words[1].c_str(),
                     o.db.c_str(), static_cast<long long>(p.sample_count()), p.classes().size());
         print_report(r, args.flag("json"));

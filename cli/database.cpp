@@ -36,13 +36,17 @@ namespace {
 constexpr const char* key_digest = "personalize.backbone_digest";
 constexpr const char* key_head = "personalize.head";
 constexpr const char* key_backbone_path = "cli.backbone";
+constexpr const char* key_recipe = "cli.recipe";  // recipe.cpp: the recipe of the committed head
 
 // What a database file records of its setup, read without opening it as a store.
 struct Setup {
     std::string digest;
     std::string head_text;  // personalize.head as stored
     std::optional<std::string> backbone_path;
-    std::int64_t classes = 0;  // live class count (rows of the classes table)
+    std::int64_t classes = 0;           // live class count (rows of the classes table)
+    std::optional<std::string> recipe;  // cli.recipe
+    std::int64_t trained_upto = 0;      // personalize.trained_upto
+    std::int64_t samples = 0, max_id = 0;
 };
 
 // Reads the setup of an existing, non-empty database file; Failure if it is not one.
@@ -75,7 +79,7 @@ Setup read_setup(const std::string& path) {
     bool has_digest = false;
     query(
         "SELECT key, value FROM meta WHERE key IN ('personalize.backbone_digest', "
-        "'personalize.head', 'cli.backbone')",
+        "'personalize.head', 'personalize.trained_upto', 'cli.backbone', 'cli.recipe')",
         [&](sqlite3_stmt* st) {
             const std::string key = text(st, 0), value = text(st, 1);
             if (key == key_digest) {
@@ -83,8 +87,12 @@ Setup read_setup(const std::string& path) {
                 has_digest = true;
             } else if (key == key_head) {
                 s.head_text = value;
-            } else {
+            } else if (key == key_backbone_path) {
                 s.backbone_path = value;
+            } else if (key == key_recipe) {
+                s.recipe = value;
+            } else {
+                s.trained_upto = to_int(value).value_or(0);
             }
         });
     if (!has_digest || s.head_text.empty())
@@ -92,6 +100,10 @@ Setup read_setup(const std::string& path) {
                       "digest or head recorded)");
     query("SELECT count(*) FROM classes",
           [&](sqlite3_stmt* st) { s.classes = sqlite3_column_int64(st, 0); });
+    query("SELECT count(*), coalesce(max(id), 0) FROM samples", [&](sqlite3_stmt* st) {
+        s.samples = sqlite3_column_int64(st, 0);
+        s.max_id = sqlite3_column_int64(st, 1);
+    });
     return s;
 }
 
@@ -280,6 +292,9 @@ Resolved resolve_db(const Args& args, Access access, std::shared_ptr<const Backb
     const Setup s = read_setup(r.db);
     r.head = parse_head(s.head_text, r.db);
     r.classes = s.classes > 0 ? s.classes : r.head.outputs;
+    r.samples = s.samples;
+    r.untrained = s.max_id > s.trained_upto;
+    r.recipe = s.recipe;
     check_given_head(args, r.head, r.classes, r.db);
     const bool upgrade = access != Access::read_only && args.flag("upgrade-backbone");
     r.backbone = setup_backbone(args, s, r.db, upgrade, std::move(backbone), r.backbone_path);
@@ -302,8 +317,10 @@ Opened open_resolved(const Args& args, Access access, Resolved r) {
     options.head = r.head;
     options.backbone = r.backbone;
     options.read_only = access == Access::read_only;
+    options.validation_fraction = r.validation;
     options.upgrade_backbone = access != Access::read_only && args.flag("upgrade-backbone");
-    if (options.upgrade_backbone) options.upgrade_training = parse_train_options(args);
+    if (options.upgrade_backbone)
+        options.upgrade_training = train_options_of(resolve_recipe(args, {}), r.samples);
     o.personalizer = Personalizer::open(o.db, options);
     if (const auto upgrade = o.personalizer->last_upgrade())
         std::fprintf(stderr,
@@ -315,6 +332,11 @@ Opened open_resolved(const Args& args, Access access, Resolved r) {
     if (r.create || r.record_path)
         o.personalizer->store().set_meta(key_backbone_path, absolute_path(r.backbone_path));
     return o;
+}
+
+void record_recipe(Personalizer& p, const TrainReport& report, const Recipe& r) {
+    if (report.outcome == TrainReport::Outcome::committed)
+        p.store().set_meta(key_recipe, recipe_json(r));
 }
 
 }  // namespace edgetune::cli

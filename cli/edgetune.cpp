@@ -74,16 +74,20 @@ const std::vector<Command>& commands() {
          cmd_add},
         {"train",
          "train the head on what is stored (guarded: a worse head is rolled back)",
-         " [training options] [--json] [--quiet] [--upgrade-backbone]\n\n"
+         " [training options] [--json] [--quiet] [--again] [--upgrade-backbone]\n\n"
          "  --json            print the report as JSON\n"
          "  --quiet           no progress bar on stderr\n"
+         "  --again           train even when nothing is new since the last committed run\n"
+         "                    (without it, such a run does nothing and says so)\n"
          "  --upgrade-backbone  with --backbone FILE, another backbone than the database's:\n"
          "                    recompute its features with FILE and retrain the head from a\n"
          "                    fresh base with the training options; kept only if it validates\n"
          "                    as well as the previous head, and then recorded as the database's\n"
-         "                    backbone (without it, every command refuses another backbone)\n",
+         "                    backbone (without it, every command refuses another backbone)\n"
+         "A run that commits stores its recipe with the head: forget and class remove retrain\n"
+         "with it (flags given override it).\n",
          {},
-         {"json", "quiet", "upgrade-backbone"},
+         {"json", "quiet", "again", "upgrade-backbone"},
          true,
          cmd_train},
         {"predict",
@@ -103,8 +107,9 @@ const std::vector<Command>& commands() {
          "delete samples; retrains from the base head if they were trained on",
          " (--ids LIST | ID...) [training options] [--json] [--quiet]\n\n"
          "  --ids LIST        comma-separated ids and ranges: 3,7,10-12\n"
-         "Every id must be stored, or nothing is deleted. The training options apply to the\n"
-         "retraining from the base head (exact unlearning).\n",
+         "Ids that are not stored are an error after the others are forgotten. The retraining\n"
+         "from the base head (exact unlearning) uses the recipe stored with the committed head;\n"
+         "training options given override it.\n",
          {"ids"},
          {"json", "quiet"},
          true,

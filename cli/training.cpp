@@ -10,50 +10,6 @@
 
 namespace edgetune::cli {
 
-const std::set<std::string> train_options = {"epochs", "batch",     "lr",          "optimizer",
-                                             "replay", "max-steps", "deadline-ms", "seed"};
-const char* const train_help =
-    "  --epochs N           passes over the training set (default 5)\n"
-    "  --batch N            samples per step (default 32)\n"
-    "  --optimizer KIND     adam (default) or sgd\n"
-    "  --lr RATE            learning rate (default: adam 1e-3, sgd 0.01)\n"
-    "  --replay POLICY      all (default) | reservoir:N (new + N older samples)\n"
-    "                       | balanced:N (new + up to N older samples per class)\n"
-    "  --max-steps N        stop after N steps (0 = no limit)\n"
-    "  --deadline-ms MS     stop after MS milliseconds (0 = none)\n"
-    "  --seed N             shuffling and replay draws (default 0)\n";
-
-Replay parse_replay(const std::string& text) {
-    if (text == "all") return Replay::all();
-    const auto colon = text.find(':');
-    const std::string kind = text.substr(0, colon);
-    const std::int64_t size =
-        colon == std::string::npos ? 0 : to_int(text.substr(colon + 1)).value_or(0);
-    if ((kind == "reservoir" || kind == "balanced") && size <= 0)
-        throw UsageError("--replay " + kind + ":N needs a sample count N > 0, got '" + text + "'");
-    if (kind == "reservoir") return Replay::reservoir(size);
-    if (kind == "balanced") return Replay::class_balanced(size);
-    throw UsageError("--replay: expected all, reservoir:N or balanced:N, got '" + text + "'");
-}
-
-TrainOptions parse_train_options(const Args& args) {
-    TrainOptions o;
-    o.epochs = static_cast<int>(int_option(args, "epochs", 5, 0, 1000000));
-    o.batch = int_option(args, "batch", 32, 1);
-    o.max_steps = int_option(args, "max-steps", 0, 0);
-    o.deadline = std::chrono::milliseconds(int_option(args, "deadline-ms", 0, 0));
-    o.seed = static_cast<std::uint64_t>(int_option(args, "seed", 0, 0));
-    const std::string optimizer = args.get("optimizer").value_or("adam");
-    if (optimizer == "adam")
-        o.optimizer = AdamOptions{.lr = float_option(args, "lr", 1e-3f)};
-    else if (optimizer == "sgd")
-        o.optimizer = SgdOptions{.lr = float_option(args, "lr", 0.01f)};
-    else
-        throw UsageError("--optimizer: expected adam or sgd, got '" + optimizer + "'");
-    o.replay = parse_replay(args.get("replay").value_or("all"));
-    return o;
-}
-
 // Progress on stderr: a redrawn bar on a terminal, one line per epoch otherwise (logs, CI).
 // Steps per epoch are known once the first epoch ends; before that the bar follows the step or
 // time budget if there is one.

@@ -89,7 +89,11 @@ workflow)
     run 0 "$E" train $DB --epochs 10 --optimizer sgd --lr 0.1 --replay reservoir:20 --json --quiet
     expect_out '"outcome":"committed"'
     [ -s err.txt ] && fail "--quiet still wrote to stderr"
-    run 0 "$E" train $DB --max-steps 3 --replay balanced:5 --quiet
+    run 0 "$E" train $DB --quiet
+    expect_out "nothing to do: nothing new: the committed head has trained on all 150 stored samples (--again trains on them anyway)"
+    run 0 "$E" train $DB --quiet --json
+    expect_out '"outcome":"nothing_to_do"'
+    run 0 "$E" train $DB --max-steps 3 --replay balanced:5 --quiet --again
     expect_out "max_steps reached"
     expect_out "steps       3 in"
     printf '0,2,0,0,0\n' >one.csv
@@ -122,7 +126,7 @@ errors)
     run 2 "$E" train $DB --epochs abc
     expect_error "edgetune: train: --epochs: expected an integer, got 'abc' (see edgetune train --help)"
     run 2 "$E" train $DB --optimizer rmsprop
-    expect_error "edgetune: train: --optimizer: expected adam or sgd, got 'rmsprop' (see edgetune train --help)"
+    expect_error "edgetune: train: --optimizer: expected adam, adamw or sgd, got 'rmsprop' (see edgetune train --help)"
     run 1 "$E" add --db user.db --backbone missing.etb --classes 3 --csv train.csv
     expect_error "edgetune: add: backbone 'missing.etb' does not exist"
     run 1 "$E" add --db user.db --backbone corrupt.etb --classes 3 --csv train.csv
