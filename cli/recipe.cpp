@@ -69,32 +69,21 @@ bool is_budget(const std::string& name) {
 }
 
 const Recipe& named_recipe(const std::string& name) {
-    static const std::map<std::string, Recipe> recipes = {
-        {"enroll",
-         {{"epochs", "30"},
-          {"batch", "32"},
-          {"optimizer", "adam"},
-          {"lr", "0.001"},
-          {"balance", "on"},
-          {"replay", "reservoir:200"},
-          {"validation", "0"}}},
-        {"incremental",
-         {{"epochs", "10"},
-          {"batch", "32"},
-          {"optimizer", "adam"},
-          {"lr", "0.001"},
-          {"balance", "on"},
-          {"replay", "reservoir:200"},
-          {"validation", "0"}}},
-        {"keyboard",
-         {{"epochs", "4"},
-          {"batch", "64"},
-          {"optimizer", "sgd"},
-          {"lr", "0.02"},
-          {"momentum", "0.9"},
-          {"replay", "reservoir:8000"},
-          {"seed", "7"}}},
-    };
+    // enroll and incremental differ in the epochs only (examples/enroll, examples/replay).
+    static const Recipe enroll = {{"epochs", "30"},      {"batch", "32"},
+                                  {"optimizer", "adam"}, {"lr", "0.001"},
+                                  {"balance", "on"},     {"replay", "reservoir:200"},
+                                  {"validation", "0"}};
+    static const std::map<std::string, Recipe> recipes = [] {
+        std::map<std::string, Recipe> m;
+        m["enroll"] = enroll;
+        m["incremental"] = enroll;
+        m["incremental"]["epochs"] = "10";
+        m["keyboard"] = {{"epochs", "4"}, {"batch", "64"},     {"optimizer", "sgd"},
+                         {"lr", "0.02"},  {"momentum", "0.9"}, {"replay", "reservoir:8000"},
+                         {"seed", "7"}};
+        return m;
+    }();
     const auto it = recipes.find(name);
     if (it == recipes.end())
         throw UsageError("--recipe: expected enroll, incremental or keyboard, got '" + name + "'");
