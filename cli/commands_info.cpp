@@ -75,9 +75,9 @@ void print_classes(const std::vector<ClassInfo>& classes, bool all) {
                     static_cast<long long>(c.samples));
 }
 
-void print_json(const Opened& o, const std::vector<CheckpointInfo>& checkpoints,
+void print_json(Opened& o, const std::vector<CheckpointInfo>& checkpoints,
                 const std::vector<RunRecord>& runs) {
-    const Personalizer& p = *o.personalizer;
+    Personalizer& p = *o.personalizer;
     const Backbone& b = *o.backbone;
     std::string out = "{\"database\":" + json_string(o.db) +
                       ",\"backbone\":{\"path\":" + json_string(o.backbone_path) +
@@ -101,8 +101,10 @@ void print_json(const Opened& o, const std::vector<CheckpointInfo>& checkpoints,
                ",\"bytes\":" + std::to_string(c.payload_bytes) +
                ",\"backbone_digest\":" + json_string(c.backbone_digest) + "}";
     }
+    const std::string recipe = p.store().get_meta("cli.recipe").value_or("");
+    out += "],\"recipe\":" + (recipe.empty() ? std::string("null") : recipe);
     // Each run's report is the training log's own JSON (TrainReport::to_json).
-    out += "],\"runs\":[";
+    out += ",\"runs\":[";
     for (std::size_t i = 0; i < runs.size(); ++i)
         out += (i ? "," : "") + std::string("{\"id\":") + std::to_string(runs[i].id) +
                ",\"created_at\":" + json_string(utc_time(runs[i].created_at)) +
@@ -139,6 +141,10 @@ int cmd_info(const Args& args) {
                     c.kind == CheckpointKind::base ? "base" : "trained",
                     static_cast<long long>(c.step), utc_time(c.created_at).c_str(),
                     static_cast<long long>(c.payload_bytes), c.backbone_digest.c_str());
+    const std::string recipe = store.get_meta("cli.recipe").value_or("");
+    std::printf("recipe       %s\n",
+                recipe.empty() ? "(none stored: the head was not trained by edgetune train)"
+                               : recipe.c_str());
     print_runs(runs);
     return 0;
 }

@@ -126,6 +126,9 @@ Replay parse_replay(const std::string& text) {
 OptimizerSpec parse_optimizer(const Recipe& r) {
     const std::string kind = value(r, "optimizer").value_or("adam");
     const float decay = float_value(r, "weight-decay", kind == "adamw" ? 0.01f : 0.0f);
+    if (kind != "sgd" && value(r, "momentum"))
+        throw UsageError("--momentum applies to --optimizer sgd only (the optimizer is " + kind +
+                         ")");
     if (kind == "adam")
         return AdamOptions{.lr = float_value(r, "lr", 1e-3f), .weight_decay = decay};
     if (kind == "adamw")

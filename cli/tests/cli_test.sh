@@ -3,7 +3,7 @@
 # temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
 # bad input gives exactly one line on stderr.
 # Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
-#        forget_export classes no_surprise setup reports)
+#        forget_export classes no_surprise setup reports recipe)
 set -u
 # meson passes the executables relative to the build directory: make them absolute first.
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
@@ -295,6 +295,70 @@ assert d["backbone"]["features"] == 16 and len(d["backbone"]["digest"]) == 16
 assert [c["kind"] for c in d["checkpoints"]] == ["base", "trained"]
 assert len(d["runs"]) == 1 and d["runs"][0]["report"]["outcome"] == "committed"
 ' || fail "info --json is not what the database holds"
+    ;;
+recipe)
+    # The training recipe: flags for the library's options, --recipe defaults, the recipe stored
+    # with the head and used again by forget and class remove; bad values named.
+    run 0 "$E" add $NEW --csv train.csv
+    run 0 "$E" train $DB --recipe keyboard --quiet --json
+    python3 -c '
+import json
+r = json.load(open("out.txt"))
+assert r["outcome"] == "committed" and r["epochs"] == 4, r
+# batch 64 over the training split (93 of 120; 27 validate): 2 steps an epoch
+assert r["steps"] == 8 and r["train_samples"] == 93, r
+' || fail "train --recipe keyboard did not train 4 epochs of batch 64"
+    run 0 "$E" info $DB --json
+    python3 -c '
+import json
+d = json.load(open("out.txt"))
+assert d["recipe"] == {"batch": "64", "epochs": "4", "lr": "0.02", "momentum": "0.9",
+                       "optimizer": "sgd", "replay": "reservoir:8000", "seed": "7"}, d["recipe"]
+' || fail "the keyboard recipe is not stored with the head"
+    # forget retrains from the base with the stored recipe (4 epochs, batch 64), not defaults.
+    run 0 "$E" forget $DB 1 --quiet --json
+    python3 -c '
+import json
+r = json.loads(open("out.txt").read().split("\n", 1)[1])
+assert r["retrained_from_base"] and r["epochs"] == 4 and r["steps"] == 8, r
+' || fail "forget did not retrain with the stored recipe"
+    run 0 "$E" forget $DB 2 --epochs 2 --quiet --json
+    python3 -c '
+import json
+r = json.loads(open("out.txt").read().split("\n", 1)[1])
+assert r["epochs"] == 2 and r["steps"] == 4, r
+' || fail "a flag given to forget does not override the stored recipe"
+    run 0 "$E" info $DB
+    expect_out '"epochs":"2"'
+    # Every option reaches the library: a run with all of them commits.
+    run 0 "$E" add $DB --csv more.csv
+    run 0 "$E" train $DB --optimizer adamw --lr 0.01 --weight-decay 0.001 --schedule cosine \
+        --warmup 3 --min-lr 1e-5 --clip 1 --balance on --base-pull 0.01 --label-smoothing 0.1 \
+        --validation 0.25 --new-share 0.3 --unknown eer --tolerance 0.5 --epochs 8 --quiet
+    expect_out "outcome     committed"
+    expect_out "samples     107 training, 41 validation"
+    run 0 "$E" train $DB --again --optimizer sgd --momentum 0.9 --schedule step:5:0.5 --quiet
+    expect_out "outcome     committed"
+    run 0 "$E" train $DB --again --recipe enroll --schedule exp:0.99 --lr 1e-50 --quiet
+    expect_out "samples     148 training, 0 validation"
+    for bad in "--recipe fast|--recipe: expected enroll, incremental or keyboard, got 'fast'" \
+        "--schedule wobble|--schedule: expected constant, cosine[:STEPS], step:N[:GAMMA] or exp:GAMMA, got 'wobble'" \
+        "--schedule step:5:0|--schedule step:N:GAMMA needs GAMMA > 0, got 'step:5:0'" \
+        "--unknown far:1.5|--unknown: expected off, eer or far:F with F in (0, 1), got 'far:1.5'" \
+        "--balance maybe|--balance: expected on or off, got 'maybe'" \
+        "--label-smoothing 1|--label-smoothing = 1 must be < 1" \
+        "--validation 2|--validation = 2 must be < 1" \
+        "--warmup -1|--warmup = -1 must be >= 0" \
+        "--optimizer sgd --momentum nan|--momentum: expected a number >= 0, got 'nan'" \
+        "--momentum 0.9|--momentum applies to --optimizer sgd only (the optimizer is adam)"; do
+        flag=${bad%%|*}
+        run 2 "$E" train $DB --again $flag
+        expect_error "edgetune: train: ${bad#*|} (see edgetune train --help)"
+    done
+    # 1e-50 is a number (it underflows to 0), in a CSV as on the command line.
+    printf '0,1e-50,0,0,2\n' >tiny.csv
+    run 0 "$E" add $DB --csv tiny.csv
+    expect_out "added 1 sample"
     ;;
 setup)
     # The database records its setup: created once with --backbone/--classes, then --db only;
