@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "idx.hpp"
 #include "personalize.hpp"
 
 namespace edgetune::cli {
@@ -82,12 +83,23 @@ std::vector<std::int64_t> parse_ids(const std::vector<std::string>& items);
 extern const std::set<std::string> common_options;
 extern const char* const common_help;
 
+// A token backbone's vocabulary (words.cpp): word i is token id i.
+struct Words {
+    std::vector<std::string> words;
+    std::map<std::string, std::int32_t> ids;
+    explicit Words(std::vector<std::string> list);
+    // The word's id; a word not in the list is "<unk>"'s id, or -1 without one.
+    std::int32_t id(const std::string& word) const;
+    std::int32_t boundary() const;  // "<s>"'s id (0 without one)
+};
+
 struct Opened {
     std::shared_ptr<const Backbone> backbone;
     std::string backbone_path;  // the file it was loaded from
     HeadSpec head;              // the head spec the database was created with
     std::unique_ptr<Personalizer> personalizer;
     std::string db;
+    std::optional<Words> words;  // token backbones with a vocabulary (recorded or --vocabulary)
 };
 
 // How a command opens the database: only `add` creates it; read-only commands never write
@@ -109,6 +121,8 @@ struct Resolved {
     float validation = 0.2f;  // PersonalizerOptions::validation_fraction of a training open
     std::shared_ptr<const Backbone> backbone;
     std::string backbone_path;
+    std::optional<Words> words;  // the vocabulary: --vocabulary's, else the recorded one
+    bool record_words = false;   // --vocabulary is to be recorded
 };
 
 // Reads the setup the database records (backbone, head; nothing written); --backbone, --head
@@ -125,15 +139,34 @@ std::string input_description(const Backbone& b);
 std::string head_description(const HeadSpec& h);
 
 // ---------------------------------------------------------------------------------------
+// Words in and out (words.cpp)
+
+// A vocabulary file's text (one word a line, as many as the backbone's vocabulary); `where`
+// names it in errors.
+Words parse_vocabulary(const std::string& text, const Backbone& backbone, const std::string& where);
+std::string vocabulary_text(const Words& w);
+std::string read_text_file(const std::string& path);
+// A typed text as next-word samples (each word after its context of the previous words).
+std::vector<Sample> text_samples(const Words& w, const Backbone& backbone, const std::string& text,
+                                 std::int64_t classes);
+// The last words of a text as a context to predict the next word from.
+Sample prompt_sample(const Words& w, const Backbone& backbone, const std::string& text);
+// The classes' names, a class still named by its label showing its word when `w` is given.
+std::vector<std::string> display_names(const Personalizer& p, const Words* w);
+
+// ---------------------------------------------------------------------------------------
 // Reading samples (input.cpp)
 
 // Rows of a CSV file; each keeps its 1-based line number for messages.
 std::vector<std::pair<std::size_t, Sample>> read_csv(const std::string& path,
                                                      const Backbone& backbone, std::int64_t classes,
                                                      bool labelled);
-// IDX images and labels: the first `limit` (0 = all) as samples, pixels scaled to [0, 1].
-std::vector<Sample> read_idx(const std::string& images_path, const std::string& labels_path,
-                             std::int64_t limit, const Backbone& backbone, std::int64_t classes);
+// IDX images and labels: the first `limit` (0 = all), checked against the backbone's input
+// width and the class count. Kept as bytes (60,000 images are 47 MB, as floats 188 MB).
+idx::Data read_idx(const std::string& images_path, const std::string& labels_path,
+                   std::int64_t limit, const Backbone& backbone, std::int64_t classes);
+// Images [begin, end) as samples, pixels scaled to [0, 1].
+std::vector<Sample> idx_samples(const idx::Data& data, std::size_t begin, std::size_t end);
 
 // ---------------------------------------------------------------------------------------
 // Training options, progress and reports (training.cpp)

@@ -9,44 +9,6 @@
 
 namespace edgetune::cli {
 
-int cmd_add(const Args& args) {
-    const auto csv = args.get("csv");
-    const auto images = args.get("idx-images");
-    const auto labels = args.get("idx-labels");
-    if (csv && (images || labels))
-        throw UsageError("give either --csv or --idx-images/--idx-labels, not both");
-    if (!csv && !(images && labels))
-        throw UsageError("give --csv FILE, or --idx-images FILE and --idx-labels FILE");
-    if (args.get("limit") && csv) throw UsageError("--limit applies to IDX input only");
-    const std::int64_t limit = int_option(args, "limit", 0, 0);
-    // Parse (and validate) everything before the database is opened or created.
-    Resolved setup = resolve_db(args, Access::create);
-    const Backbone& backbone = *setup.backbone;
-    std::vector<Sample> samples;
-    if (csv) {
-        for (auto& [line, s] : read_csv(*csv, backbone, setup.classes, true))
-            samples.push_back(std::move(s));
-    } else {
-        samples = read_idx(*images, *labels, limit, backbone, setup.classes);
-        if (samples.empty()) throw Failure("'" + *images + "' holds no images");
-    }
-    Opened o = open_resolved(args, Access::create, std::move(setup));
-    const std::vector<std::int64_t> ids = o.personalizer->add(samples);
-    std::int64_t kept = 0, lo = INT64_MAX, hi = 0;
-    for (std::int64_t id : ids)
-        if (id != SampleStore::not_kept) {
-            ++kept;
-            lo = std::min(lo, id);
-            hi = std::max(hi, id);
-        }
-    std::printf("added %lld sample%s", static_cast<long long>(kept), kept == 1 ? "" : "s");
-    if (kept > 0)
-        std::printf(" (ids %lld-%lld)", static_cast<long long>(lo), static_cast<long long>(hi));
-    std::printf("; %s holds %lld\n", o.db.c_str(),
-                static_cast<long long>(o.personalizer->sample_count()));
-    return 0;
-}
-
 namespace {
 
 // A database opened to train, with the run's recipe: the flags over --recipe's defaults, and

@@ -133,7 +133,13 @@ int cmd_info(const Args& args) {
     std::printf("head         %s; %lld classes now\n", head_description(o.head).c_str(),
                 static_cast<long long>(store.label_spec().size));
     std::printf("samples      %lld\n", static_cast<long long>(p.sample_count()));
-    print_classes(p.classes(), args.flag("all-labels"));
+    std::vector<ClassInfo> classes = p.classes();
+    const std::vector<std::string> names = display_names(p, o.words ? &*o.words : nullptr);
+    for (std::size_t i = 0; i < classes.size(); ++i) classes[i].name = names[i];
+    print_classes(classes, args.flag("all-labels"));
+    if (o.words)
+        std::printf("vocabulary   %zu words (classes named by their labels show their word)\n",
+                    o.words->words.size());
     std::printf("checkpoints  %zu\n", checkpoints.size());
     for (const CheckpointInfo& c : checkpoints)
         std::printf("  #%-4lld %-7s step %-7lld %s UTC  %lld bytes  backbone %s\n",

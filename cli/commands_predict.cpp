@@ -137,15 +137,47 @@ void print_json(const std::vector<Row>& rows, const std::vector<std::string>& na
     std::printf("%s}\n", out.c_str());
 }
 
+// The next words after a text (a token backbone with a vocabulary): the suggestions.
+int predict_text(const Opened& o, const std::vector<std::string>& names, const std::string& text,
+                 int k, bool json) {
+    if (!o.words)
+        throw Failure("--text needs the backbone's vocabulary: give --vocabulary FILE once");
+    const Sample context = prompt_sample(*o.words, *o.backbone, text);
+    const std::vector<Prediction> top = o.personalizer->predict(context, k);
+    std::string seen;
+    for (const std::int32_t id : context.tokens)
+        seen += (seen.empty() ? "" : " ") + o.words->words[static_cast<std::size_t>(id)];
+    if (json) {
+        std::string out =
+            "{\"text\":" + json_string(text) + ",\"context\":" + json_string(seen) + ",\"top\":[";
+        for (std::size_t j = 0; j < top.size(); ++j)
+            out += (j ? "," : "") + std::string("{\"label\":") + std::to_string(top[j].label) +
+                   ",\"word\":" + json_string(name_of(names, top[j].label)) +
+                   ",\"probability\":" + json_number(top[j].probability) + "}";
+        std::printf("%s]}\n", out.c_str());
+        return 0;
+    }
+    std::printf("after \"%s\" (the model reads: %s):", text.c_str(), seen.c_str());
+    for (std::size_t i = 0; i < top.size(); ++i)
+        std::printf("%s %s (%.1f%%)", i == 0 ? "" : ",", name_of(names, top[i].label).c_str(),
+                    100.0 * static_cast<double>(top[i].probability));
+    std::printf("\n");
+    return 0;
+}
+
 }  // namespace
 
 int cmd_predict(const Args& args) {
     const int k = static_cast<int>(int_option(args, "k", 3, 1, 1 << 24));
     const bool labelled = args.flag("labelled");
+    if (args.get("text") && (args.get("csv") || labelled))
+        throw UsageError("give either --text or --csv (with --labelled), not both");
+    if (!args.get("text") && !args.get("csv")) throw UsageError("give --csv FILE or --text WORDS");
     Opened o = open_db(args, Access::read_only);
     const Personalizer& p = *o.personalizer;
-    std::vector<std::string> names;
-    for (const ClassInfo& c : p.classes()) names.push_back(c.name);
+    const std::vector<std::string> names = display_names(p, o.words ? &*o.words : nullptr);
+    if (const auto text = args.get("text"))
+        return predict_text(o, names, *text, k, args.flag("json"));
     const auto input = read_csv(args.require("csv"), *o.backbone,
                                 static_cast<std::int64_t>(names.size()), labelled);
     std::vector<Row> rows;

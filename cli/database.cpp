@@ -20,7 +20,7 @@
 
 namespace edgetune::cli {
 
-const std::set<std::string> common_options = {"db", "backbone", "classes", "head"};
+const std::set<std::string> common_options = {"db", "backbone", "classes", "head", "vocabulary"};
 const char* const common_help =
     "  --db FILE         the personalization database (SQLite, created 0600 by `add`); it\n"
     "                    records its backbone and head, so the options below are needed only\n"
@@ -29,6 +29,8 @@ const char* const common_help =
     "  --classes N       number of classes of the head (more can be added: edgetune class add)\n"
     "  --head KIND       linear (default), prototype (nearest-class-mean init) or cosine\n"
     "                    (cosine prototypes)\n"
+    "  --vocabulary FILE a token backbone's words, one a line (line i is token id i, e.g.\n"
+    "                    examples/keyboard's keyboard.vocab); a writing command records it\n"
     "  --help            this text\n";
 
 namespace {
@@ -36,16 +38,20 @@ namespace {
 constexpr const char* key_digest = "personalize.backbone_digest";
 constexpr const char* key_head = "personalize.head";
 constexpr const char* key_backbone_path = "cli.backbone";
-constexpr const char* key_recipe = "cli.recipe";  // recipe.cpp: the recipe of the committed head
+constexpr const char* key_recipe = "cli.recipe";
+constexpr const char* key_vocabulary =
+    "cli.vocabulary";  // words.cpp: one word a line  // recipe.cpp: the recipe of the committed
+                       // head
 
 // What a database file records of its setup, read without opening it as a store.
 struct Setup {
     std::string digest;
     std::string head_text;  // personalize.head as stored
     std::optional<std::string> backbone_path;
-    std::int64_t classes = 0;           // live class count (rows of the classes table)
-    std::optional<std::string> recipe;  // cli.recipe
-    std::int64_t trained_upto = 0;      // personalize.trained_upto
+    std::int64_t classes = 0;               // live class count (rows of the classes table)
+    std::optional<std::string> recipe;      // cli.recipe
+    std::optional<std::string> vocabulary;  // cli.vocabulary
+    std::int64_t trained_upto = 0;          // personalize.trained_upto
     std::int64_t samples = 0, max_id = 0;
 };
 
@@ -79,7 +85,8 @@ Setup read_setup(const std::string& path) {
     bool has_digest = false;
     query(
         "SELECT key, value FROM meta WHERE key IN ('personalize.backbone_digest', "
-        "'personalize.head', 'personalize.trained_upto', 'cli.backbone', 'cli.recipe')",
+        "'personalize.head', 'personalize.trained_upto', 'cli.backbone', 'cli.recipe', "
+        "'cli.vocabulary')",
         [&](sqlite3_stmt* st) {
             const std::string key = text(st, 0), value = text(st, 1);
             if (key == key_digest) {
@@ -91,6 +98,8 @@ Setup read_setup(const std::string& path) {
                 s.backbone_path = value;
             } else if (key == key_recipe) {
                 s.recipe = value;
+            } else if (key == key_vocabulary) {
+                s.vocabulary = value;
             } else {
                 s.trained_upto = to_int(value).value_or(0);
             }
@@ -286,6 +295,10 @@ Resolved resolve_db(const Args& args, Access access, std::shared_ptr<const Backb
         r.backbone_path = args.require("backbone");
         r.backbone = backbone ? std::move(backbone) : load_backbone(r.backbone_path);
         r.classes = r.head.outputs;
+        if (const auto file = args.get("vocabulary")) {
+            r.words = parse_vocabulary(read_text_file(*file), *r.backbone, "'" + *file + "'");
+            r.record_words = true;
+        }
         return r;
     }
     if (empty) throw Failure("'" + r.db + "' is an empty file, not an edgetune database");
@@ -300,6 +313,15 @@ Resolved resolve_db(const Args& args, Access access, std::shared_ptr<const Backb
     r.backbone = setup_backbone(args, s, r.db, upgrade, std::move(backbone), r.backbone_path);
     r.record_path = access != Access::read_only &&
                     s.backbone_path.value_or("") != absolute_path(r.backbone_path);
+    if (const auto file = args.get("vocabulary")) {
+        const std::string text = read_text_file(*file);
+        r.words = parse_vocabulary(text, *r.backbone, "'" + *file + "'");
+        r.record_words =
+            access != Access::read_only && s.vocabulary.value_or("") != vocabulary_text(*r.words);
+    } else if (s.vocabulary && !s.vocabulary->empty()) {
+        r.words = parse_vocabulary(*s.vocabulary, *r.backbone,
+                                   "the vocabulary recorded in '" + r.db + "'");
+    }
     return r;
 }
 
@@ -313,6 +335,7 @@ Opened open_resolved(const Args& args, Access access, Resolved r) {
     o.head = r.head;
     o.backbone = r.backbone;
     o.backbone_path = r.backbone_path;
+    o.words = r.words;
     PersonalizerOptions options;
     options.head = r.head;
     options.backbone = r.backbone;
@@ -331,6 +354,7 @@ Opened open_resolved(const Args& args, Access access, Resolved r) {
     // command was given another path to the same backbone (or upgraded it).
     if (r.create || r.record_path)
         o.personalizer->store().set_meta(key_backbone_path, absolute_path(r.backbone_path));
+    if (r.record_words) o.personalizer->store().set_meta(key_vocabulary, vocabulary_text(*r.words));
     return o;
 }
 

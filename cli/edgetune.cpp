@@ -60,15 +60,19 @@ const std::vector<Command>& commands() {
         {"add",
          "store labelled samples from a CSV file or IDX files",
          " [--backbone FILE --classes N [--head KIND]]\n"
-         "       (--csv FILE | --idx-images FILE --idx-labels FILE [--limit N])\n\n"
+         "       (--csv FILE | --idx-images FILE --idx-labels FILE [--limit N] | --text WORDS)\n\n"
          "  --csv FILE        one sample a line: label, then the backbone's D input values,\n"
          "                    comma-separated ('-' reads stdin; blank and # lines skipped)\n"
          "  --idx-images FILE IDX images (u8, .gz or plain; pixels scaled to [0, 1])\n"
          "  --idx-labels FILE IDX labels (u8)\n"
-         "  --limit N         the first N images only (default: all)\n"
+         "  --limit N         the first N images only (default: all); IDX input is stored in\n"
+         "                    chunks of 1024 images (each all or nothing), with a progress bar\n"
+         "                    on a terminal\n"
+         "  --text WORDS      typed text (a token backbone with a vocabulary): every word\n"
+         "                    becomes a sample, labelled by the word, after the previous words\n"
          "All rows are validated before anything is stored. A missing database is created with\n"
          "--backbone and --classes (and --head), which it records for every later command.\n",
-         {"csv", "idx-images", "idx-labels", "limit"},
+         {"csv", "idx-images", "idx-labels", "limit", "text"},
          {},
          false,
          cmd_add},
@@ -92,14 +96,16 @@ const std::vector<Command>& commands() {
          cmd_train},
         {"predict",
          "top-k classes for CSV rows, by name; with --labelled, accuracy per class",
-         " --csv FILE [--k N] [--labelled] [--json]\n\n"
+         " (--csv FILE [--labelled] | --text WORDS) [--k N] [--json]\n\n"
          "  --csv FILE        one input a line: the backbone's D values ('-' reads stdin)\n"
          "  --k N             classes per row, best first (default 3); a calibrated head\n"
          "                    answers `unknown` for an input no class accepts\n"
          "  --labelled        rows start with a label (as for add); also prints top-1 and top-k\n"
          "                    accuracy, the accuracy of each class and the most-confused pairs\n"
+         "  --text WORDS      the last words typed (a token backbone with a vocabulary): the\n"
+         "                    k most likely next words\n"
          "  --json            rows (and the accuracies) as one JSON object\n",
-         {"csv", "k"},
+         {"csv", "k", "text"},
          {"labelled", "json"},
          false,
          cmd_predict},

@@ -102,8 +102,8 @@ std::vector<std::pair<std::size_t, Sample>> read_csv(const std::string& path,
 
 // IDX images and labels (examples/data/idx.hpp): the first `limit` (0 = all) as samples,
 // pixels scaled to [0, 1] as examples/train_backbone does.
-std::vector<Sample> read_idx(const std::string& images_path, const std::string& labels_path,
-                             std::int64_t limit, const Backbone& backbone, std::int64_t classes) {
+idx::Data read_idx(const std::string& images_path, const std::string& labels_path,
+                   std::int64_t limit, const Backbone& backbone, std::int64_t classes) {
     const InputSpec& in = backbone.config().input;
     if (in.kind != InputSpec::Kind::float_vector)
         throw Failure("IDX images need a backbone taking floats; this one takes " +
@@ -121,20 +121,23 @@ std::vector<Sample> read_idx(const std::string& images_path, const std::string& 
         throw Failure("images are " + std::to_string(data.rows) + "x" + std::to_string(data.cols) +
                       " = " + std::to_string(pixels) + " values, the backbone takes " +
                       std::to_string(in.size));
-    std::vector<Sample> out;
-    for (std::size_t i = 0; i < data.size(); ++i) {
-        Sample s;
+    for (std::size_t i = 0; i < data.size(); ++i)
+        if (data.labels[i] >= classes)
+            throw Failure("'" + labels_path + "': label " + std::to_string(data.labels[i]) +
+                          " of item " + std::to_string(i) + " out of range for " +
+                          std::to_string(classes) + " classes");
+    return data;
+}
+
+std::vector<Sample> idx_samples(const idx::Data& data, std::size_t begin, std::size_t end) {
+    const std::size_t pixels = std::size_t{data.rows} * data.cols;
+    std::vector<Sample> out(end - begin);
+    for (std::size_t i = begin; i < end; ++i) {
+        Sample& s = out[i - begin];
         const std::uint8_t* image = data.pixels.data() + i * pixels;
-        s.input.resize(static_cast<std::size_t>(pixels));
-        for (std::size_t k = 0; k < s.input.size(); ++k)
-            s.input[k] = static_cast<float>(image[k]) / 255.0f;
-        const std::uint8_t y = data.labels[i];
-        if (y >= classes)
-            throw Failure("'" + labels_path + "': label " + std::to_string(y) + " of item " +
-                          std::to_string(i) + " out of range for " + std::to_string(classes) +
-                          " classes");
-        s.label = y;
-        out.push_back(std::move(s));
+        s.input.resize(pixels);
+        for (std::size_t k = 0; k < pixels; ++k) s.input[k] = static_cast<float>(image[k]) / 255.0f;
+        s.label = data.labels[i];
     }
     return out;
 }
