@@ -3,7 +3,7 @@
 # temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
 # bad input gives exactly one line on stderr.
 # Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
-#        forget_export classes no_surprise setup reports recipe)
+#        forget_export classes no_surprise setup reports recipe words scale)
 set -u
 # meson passes the executables relative to the build directory: make them absolute first.
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
@@ -359,6 +359,61 @@ assert r["epochs"] == 2 and r["steps"] == 4, r
     printf '0,1e-50,0,0,2\n' >tiny.csv
     run 0 "$E" add $DB --csv tiny.csv
     expect_out "added 1 sample"
+    ;;
+words)
+    # The keyboard flow with words: a token backbone's vocabulary recorded once, typed text in,
+    # suggested words out.
+    KB="--db kb.db --backbone tokens.etb --classes 8"
+    run 1 "$E" add $KB --vocabulary words_short.vocab --text "the cat"
+    expect_error "edgetune: add: 'words_short.vocab' has 3 words; the backbone's vocabulary has 8"
+    run 1 "$E" add $KB --text "the cat"
+    expect_error "edgetune: add: --text needs the backbone's vocabulary: give --vocabulary FILE once"
+    [ -e kb.db ] && fail "a refused add created kb.db"
+    run 1 "$E" add $NEW --vocabulary words.vocab --csv train.csv
+    expect_error "edgetune: add: 'words.vocab': a vocabulary needs a token backbone; this one takes 4 floats"
+    run 0 "$E" add $KB --vocabulary words.vocab --text "The cat sat on the mat. The dog sat on the mat."
+    expect_out "added 14 samples (ids 1-14); kb.db holds 14"
+    # An unknown word is <unk>: a context, never a label.
+    run 0 "$E" add --db kb.db --text "the zebra sat"
+    expect_out "added 3 samples (ids 15-17)"
+    run 0 "$E" train --db kb.db --epochs 200 --lr 0.05 --validation 0 --quiet
+    expect_out "outcome     committed"
+    run 0 "$E" predict --db kb.db --text "the cat sat on the"
+    expect_out 'after "the cat sat on the" (the model reads: sat on the): mat ('
+    run 0 "$E" predict --db kb.db --text "The dog" --k 2 --json
+    python3 -c '
+import json
+d = json.load(open("out.txt"))
+assert d["context"] == "<s> the dog", d
+assert [t["word"] for t in d["top"]][0] == "sat" and len(d["top"]) == 2, d
+assert d["top"][0]["label"] == 4 and d["top"][0]["probability"] > 0.5, d
+' || fail "predict --text --json does not suggest 'sat' after 'the dog'"
+    run 0 "$E" info --db kb.db
+    expect_out "      6  mat          2"
+    expect_out "vocabulary   8 words"
+    run 2 "$E" predict --db kb.db --text "the" --csv rows.csv
+    expect_error "edgetune: predict: give either --text or --csv (with --labelled), not both (see edgetune predict --help)"
+    run 0 "$E" add $NEW --csv train.csv
+    run 1 "$E" predict $DB --text "the cat"
+    expect_error "edgetune: predict: --text needs the backbone's vocabulary: give --vocabulary FILE once"
+    ;;
+scale)
+    # 60,000 images stream into the database in bounded memory, with a progress bar on a
+    # terminal.
+    "$fixture" . --big || fail "cli_fixture --big"
+    BIG="--db big.db --backbone backbone784.etb --classes 10 --idx-images big_images.idx --idx-labels big_labels.idx"
+    script -qec "/usr/bin/time -v -o time.txt \"$E\" add $BIG" /dev/null >out.txt 2>err.txt ||
+        fail "add of 60000 images failed: $(cat out.txt err.txt)"
+    expect_out "added 60000 samples (ids 1-60000); big.db holds 60000"
+    expect_out "] 100% 60000/60000 images"
+    rss=$(sed -n 's/^[[:space:]]*Maximum resident set size (kbytes): \([0-9]*\)$/\1/p' time.txt)
+    [ -n "$rss" ] && [ "$rss" -lt 150000 ] || fail "peak RSS of the 60000-image add: ${rss:-?} KB (limit 150000)"
+    echo "60000-image add: peak RSS ${rss:-?} KB" >&2
+    run 0 "$E" add --db big.db --idx-images big_images.idx --idx-labels big_labels.idx --limit 10
+    expect_out "added 10 samples (ids 60001-60010); big.db holds 60010"
+    [ -s err.txt ] && fail "the progress bar was drawn while stderr is not a terminal"
+    run 0 "$E" info --db big.db
+    expect_out "samples      60010"
     ;;
 setup)
     # The database records its setup: created once with --backbone/--classes, then --db only;
