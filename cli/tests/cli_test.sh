@@ -139,6 +139,8 @@ errors)
     printf '1,2,3\n' >short.csv
     run 1 "$E" predict $DB --csv short.csv
     expect_error "edgetune: predict: line 1: expected 4 values, got 3"
+    run 1 "$E" predict $DB --csv train.csv
+    expect_error "edgetune: predict: line 2: expected 4 values, got 5 (rows that start with a label need --labelled)"
     run 1 "$E" export $DB --out no/such/dir/head.ckpt
     expect_error_prefix "edgetune: export: "
     ;;
