@@ -67,18 +67,27 @@ void print_labelled(const Metrics& m, const std::vector<Row>& rows,
     const auto n = static_cast<long long>(rows.size());
     std::printf("top-1 accuracy %.2f%% (%lld of %lld)\n", 100.0 * m.accuracy,
                 std::llround(m.accuracy * static_cast<double>(n)), n);
-    std::printf("top-%d accuracy %.2f%%\n", m.top_k, 100.0 * m.top_k_accuracy);
+    if (m.top_k > 1) std::printf("top-%d accuracy %.2f%%\n", m.top_k, 100.0 * m.top_k_accuracy);
     std::printf("balanced accuracy %.2f%% (the mean of the classes' accuracies)\n",
                 100.0 * m.balanced_accuracy);
     std::size_t width = 4;
     for (const std::string& s : names) width = std::max(width, s.size());
     width = std::min<std::size_t>(width, 32);
-    std::printf("per class:\n  %5s  %-*s  %7s  %8s\n", "label", static_cast<int>(width), "name",
-                "samples", "accuracy");
+    // The accuracies are the head's best class (Personalizer::evaluate); a calibrated head
+    // answers some rows `unknown` instead, counted in their own column.
+    std::vector<std::int64_t> unknown_of(m.class_samples.size(), 0);
+    for (const Row& r : rows)
+        if (!r.top.empty() && r.top[0].unknown) ++unknown_of[static_cast<std::size_t>(r.label)];
+    const bool any_unknown =
+        std::any_of(unknown_of.begin(), unknown_of.end(), [](std::int64_t n) { return n > 0; });
+    std::printf("per class:\n  %5s  %-*s  %7s  %8s%s\n", "label", static_cast<int>(width), "name",
+                "samples", "accuracy", any_unknown ? "  answered unknown" : "");
     for (std::size_t c = 0; c < m.class_samples.size(); ++c) {
         if (m.class_samples[c] == 0) continue;
-        std::printf("  %5zu  %-*s  %7lld  %7.2f%%\n", c, static_cast<int>(width), names[c].c_str(),
+        std::printf("  %5zu  %-*s  %7lld  %7.2f%%", c, static_cast<int>(width), names[c].c_str(),
                     static_cast<long long>(m.class_samples[c]), 100.0 * m.class_accuracy[c]);
+        if (any_unknown) std::printf("  %16lld", static_cast<long long>(unknown_of[c]));
+        std::printf("\n");
     }
     const std::vector<Confusion> wrong = confusions(rows);
     if (wrong.empty()) {

@@ -281,11 +281,22 @@ assert {(c["label"], c["answered"]): c["rows"] for c in d["confusions"]} == pair
 counts = [c["rows"] for c in d["confusions"]]
 assert counts == sorted(counts, reverse=True)
 ' || fail "predict --json is inconsistent"
+    # A head calibrated for "unknown" answers it for inputs far from every class.
+    run 0 "$E" train $DB --again --epochs 30 --lr 0.05 --unknown far:0.05 --quiet
+    printf '0,0,0,0,3\n1,-2,-2,-2,-2\n0,2,0,0,0\n' >odd.csv
+    run 0 "$E" predict $DB --csv odd.csv --labelled --k 1
+    expect_out "line 1: unknown (best "
+    expect_out "line 2: unknown (best "
+    expect_out "line 3: 0 ("
+    expect_out "  label  name  samples  accuracy  answered unknown"
+    expect_out "      0  0           2   100.00%                 1"
+    expect_out "  dog -> unknown: 1 (100.0%)"
+    expect_out "answered unknown: 2 of 3 rows"
     run 0 "$E" info $DB
     expect_out "classes      3"
     expect_out "      1  dog        40"
     expect_out "  run   time (UTC)           outcome         steps   train   valid  before     after     reason"
-    grep -q "^  #1 .* committed  *[0-9]*  *9[0-9]  *2[0-9]  .*-> .*completed$" out.txt ||
+    grep -q "^  #1 .* committed  *[0-9]*  *9[0-9]  *2[0-9]  .*-> .*completed" out.txt ||
         fail "the run is not a table row"
     run 0 "$E" info $DB --json
     python3 -c '
@@ -294,8 +305,8 @@ d = json.load(open("out.txt"))
 assert d["samples"] == 120 and [c["name"] for c in d["classes"]] == ["0", "dog", "2"]
 assert [c["samples"] for c in d["classes"]] == [40, 40, 40]
 assert d["backbone"]["features"] == 16 and len(d["backbone"]["digest"]) == 16
-assert [c["kind"] for c in d["checkpoints"]] == ["base", "trained"]
-assert len(d["runs"]) == 1 and d["runs"][0]["report"]["outcome"] == "committed"
+assert [c["kind"] for c in d["checkpoints"]] == ["base", "trained", "trained"]
+assert len(d["runs"]) == 2 and d["runs"][0]["report"]["outcome"] == "committed"
 ' || fail "info --json is not what the database holds"
     ;;
 recipe)
