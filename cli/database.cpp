@@ -3,14 +3,13 @@
 //
 // The Personalizer records the backbone digest (`personalize.backbone_digest`) and the head spec
 // (`personalize.head`, the initial class count among it) in the store's meta table
-// (storage/FORMAT.md); this tool adds the backbone file's path (`cli.backbone`). Before the
-// store is opened, these are read here straight from the file with a read-only SQLite
-// connection (nothing is written, and an empty or foreign file is refused, never turned into a
-// store). --backbone, --head and --classes are then needed only to create a database, and
+// (storage/FORMAT.md); this tool adds the backbone file's path (`cli.backbone`), the recipe of
+// the committed head (`cli.recipe`) and a token backbone's vocabulary (`cli.vocabulary`).
+// Before the database is opened, SampleStore::read_meta reads them without a write (an empty
+// or foreign file is refused, never turned into a store). --backbone, --head and --classes are then
+// needed only to create a database, and
 // --backbone to upgrade it; given anyway, they must agree with what the database holds, or the
 // error says both in words.
-#include <sqlite3.h>
-
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -37,6 +36,7 @@ namespace {
 
 constexpr const char* key_digest = "personalize.backbone_digest";
 constexpr const char* key_head = "personalize.head";
+constexpr const char* key_trained_upto = "personalize.trained_upto";
 constexpr const char* key_backbone_path = "cli.backbone";
 constexpr const char* key_recipe = "cli.recipe";
 constexpr const char* key_vocabulary =
@@ -48,72 +48,64 @@ struct Setup {
     std::string digest;
     std::string head_text;  // personalize.head as stored
     std::optional<std::string> backbone_path;
-    std::int64_t classes = 0;               // live class count (rows of the classes table)
     std::optional<std::string> recipe;      // cli.recipe
     std::optional<std::string> vocabulary;  // cli.vocabulary
     std::int64_t trained_upto = 0;          // personalize.trained_upto
-    std::int64_t samples = 0, max_id = 0;
 };
 
-// Reads the setup of an existing, non-empty database file; Failure if it is not one.
+// Reads the setup of an existing, non-empty database file (SampleStore::read_meta: nothing is
+// written); Failure if it is not a personalization database.
 Setup read_setup(const std::string& path) {
-    sqlite3* db = nullptr;
-    const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
-    struct Closer {
-        sqlite3* db;
-        ~Closer() { sqlite3_close(db); }
-    } closer{db};
-    if (rc != SQLITE_OK)
-        throw Failure("cannot open '" + path + "': " + (db ? sqlite3_errmsg(db) : "out of memory"));
-    sqlite3_busy_timeout(db, 5000);
-    auto query = [&](const char* sql, auto&& row) {
-        sqlite3_stmt* st = nullptr;
-        if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK)
-            throw Failure("'" + path + "' is not an edgetune database (" + sqlite3_errmsg(db) +
-                          ")");
-        int step = SQLITE_ROW;
-        while ((step = sqlite3_step(st)) == SQLITE_ROW) row(st);
-        sqlite3_finalize(st);
-        if (step != SQLITE_DONE)
-            throw Failure("cannot read '" + path + "': " + std::string(sqlite3_errmsg(db)));
-    };
-    auto text = [](sqlite3_stmt* st, int column) {
-        const unsigned char* t = sqlite3_column_text(st, column);
-        return t ? std::string(reinterpret_cast<const char*>(t)) : std::string();
-    };
+    std::vector<std::pair<std::string, std::string>> meta;
+    try {
+        meta = SampleStore::read_meta(path);
+    } catch (const StorageError& e) {
+        throw Failure("'" + path + "' is not an edgetune database (" + e.what() + ")");
+    }
     Setup s;
     bool has_digest = false;
-    query(
-        "SELECT key, value FROM meta WHERE key IN ('personalize.backbone_digest', "
-        "'personalize.head', 'personalize.trained_upto', 'cli.backbone', 'cli.recipe', "
-        "'cli.vocabulary')",
-        [&](sqlite3_stmt* st) {
-            const std::string key = text(st, 0), value = text(st, 1);
-            if (key == key_digest) {
-                s.digest = value;
-                has_digest = true;
-            } else if (key == key_head) {
-                s.head_text = value;
-            } else if (key == key_backbone_path) {
-                s.backbone_path = value;
-            } else if (key == key_recipe) {
-                s.recipe = value;
-            } else if (key == key_vocabulary) {
-                s.vocabulary = value;
-            } else {
-                s.trained_upto = to_int(value).value_or(0);
-            }
-        });
+    for (const auto& [key, value] : meta) {
+        if (key == key_digest) {
+            s.digest = value;
+            has_digest = true;
+        } else if (key == key_head) {
+            s.head_text = value;
+        } else if (key == key_backbone_path) {
+            s.backbone_path = value;
+        } else if (key == key_recipe) {
+            s.recipe = value;
+        } else if (key == key_vocabulary) {
+            s.vocabulary = value;
+        } else if (key == key_trained_upto) {
+            s.trained_upto = to_int(value).value_or(0);
+        }
+    }
     if (!has_digest || s.head_text.empty())
         throw Failure("'" + path + "' is a store without a personalization setup (no backbone " +
                       "digest or head recorded)");
-    query("SELECT count(*) FROM classes",
-          [&](sqlite3_stmt* st) { s.classes = sqlite3_column_int64(st, 0); });
-    query("SELECT count(*), coalesce(max(id), 0) FROM samples", [&](sqlite3_stmt* st) {
-        s.samples = sqlite3_column_int64(st, 0);
-        s.max_id = sqlite3_column_int64(st, 1);
-    });
     return s;
+}
+
+// The live class count, the stored samples and whether any is newer than the committed head,
+// from the store opened read-only (once the backbone and head are known). A store that needs a
+// migration first (an older file) cannot be read that way: the head's initial count then, and
+// "something new" (the Personalizer migrates it when it opens).
+void read_counts(const std::string& path, const Backbone& backbone, const HeadSpec& head,
+                 std::int64_t trained_upto, Resolved& r) {
+    r.classes = head.outputs;
+    r.untrained = true;
+    try {
+        StoreOptions o;
+        o.input = backbone.config().input;
+        o.label = LabelSpec::classes(head.outputs);
+        o.read_only = true;
+        o.background_checkpoints = false;
+        const SampleStore store = SampleStore::open(path, o);
+        r.classes = store.label_spec().size;
+        r.samples = store.count();
+        r.untrained = !store.ids_after(trained_upto, 1).empty();
+    } catch (const StorageError&) {
+    }
 }
 
 // personalize.head ("linear outputs=3 hidden=[] temperature=0.100000001 normalize=0", with
@@ -304,13 +296,11 @@ Resolved resolve_db(const Args& args, Access access, std::shared_ptr<const Backb
     if (empty) throw Failure("'" + r.db + "' is an empty file, not an edgetune database");
     const Setup s = read_setup(r.db);
     r.head = parse_head(s.head_text, r.db);
-    r.classes = s.classes > 0 ? s.classes : r.head.outputs;
-    r.samples = s.samples;
-    r.untrained = s.max_id > s.trained_upto;
     r.recipe = s.recipe;
-    check_given_head(args, r.head, r.classes, r.db);
     const bool upgrade = access != Access::read_only && args.flag("upgrade-backbone");
     r.backbone = setup_backbone(args, s, r.db, upgrade, std::move(backbone), r.backbone_path);
+    read_counts(r.db, *r.backbone, r.head, s.trained_upto, r);
+    check_given_head(args, r.head, r.classes, r.db);
     r.record_path = access != Access::read_only &&
                     s.backbone_path.value_or("") != absolute_path(r.backbone_path);
     if (const auto file = args.get("vocabulary")) {

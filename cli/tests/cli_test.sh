@@ -442,7 +442,7 @@ setup)
     [ -e empty.db-wal ] && fail "info or predict made empty.db a store"
     printf 'not a database\n' >text.db
     run 1 "$E" info --db text.db
-    expect_error "edgetune: info: 'text.db' is not an edgetune database (file is not a database)"
+    expect_error "edgetune: info: 'text.db' is not an edgetune database ([sample_store.read_meta 'text.db'] file is not a database (SQLite code 26))"
     run 0 "$E" add --db user.db --backbone backbone.etb --classes 3 --head prototype --csv train.csv
     for c in "train --epochs 10 --quiet" "predict --csv rows.csv" "forget 1 --quiet" \
         "export --out head.ckpt" "class list" "info"; do
