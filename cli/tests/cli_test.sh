@@ -2,14 +2,16 @@
 # cli_test.sh — end-to-end tests of the `edgetune` CLI: one scenario per run, in a fresh
 # temporary directory, on inputs written by cli_fixture. Checks exit codes, outputs and that
 # bad input gives exactly one line on stderr.
-# Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE   (SCENARIO: help workflow errors idx
-#        forget_export classes no_surprise setup reports recipe words scale)
+# Usage: cli_test.sh SCENARIO EDGETUNE CLI_FIXTURE [KEYBOARD]
+#   SCENARIO: help workflow errors idx forget_export classes no_surprise setup reports recipe
+#   words scale keyboard; KEYBOARD: the examples/keyboard program (the keyboard scenario).
 set -u
 # meson passes the executables relative to the build directory: make them absolute first.
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
 scenario=$1
 E=$(absolute "$2")
 fixture=$(absolute "$3")
+keyboard=$([ $# -ge 4 ] && absolute "$4")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work" || exit 1
@@ -427,6 +429,23 @@ scale)
     [ -s err.txt ] && fail "the progress bar was drawn while stderr is not a terminal"
     run 0 "$E" info --db big.db
     expect_out "samples      60010"
+    ;;
+keyboard)
+    # The CLI takes over from examples/keyboard (its backbone, vocabulary and database).
+    "$keyboard" --small >keyboard.log 2>&1 || { fail "examples/keyboard --small failed"; tail keyboard.log >&2; }
+    run 1 "$E" info --db keyboard.db
+    expect_error_prefix "edgetune: info: 'keyboard.db' does not record its backbone file"
+    run 0 "$E" add --db keyboard.db --backbone keyboard.etb --vocabulary keyboard.vocab \
+        --text "Keyboard, n.: A thing that learns the words you type."
+    expect_out "added "
+    run 0 "$E" info --db keyboard.db
+    expect_out "vocabulary   1000 words"
+    expect_out "      2  the    "
+    run 0 "$E" train --db keyboard.db --recipe keyboard --quiet
+    expect_out "steps       "
+    run 0 "$E" predict --db keyboard.db --text "The words you"
+    grep -q '^after "The words you" (the model reads: the words you): [^ ]* ([0-9.]*%), [^ ]* ([0-9.]*%), [^ ]* ([0-9.]*%)$' out.txt ||
+        fail "no three suggested words after 'The words you'"
     ;;
 setup)
     # The database records its setup: created once with --backbone/--classes, then --db only;
