@@ -200,8 +200,15 @@ Recipe resolve_recipe(const Args& args, const std::optional<std::string>& stored
             throw Failure(std::string("the stored training recipe is unreadable: ") + e.what());
         }
     }
-    if (const auto name = args.get("recipe"))
+    // Another optimizer than the stored one takes none of the stored one's settings (an SGD
+    // lr or momentum means nothing to Adam).
+    const std::string stored_optimizer = r.count("optimizer") ? r["optimizer"] : "adam";
+    if (const auto optimizer = args.get("optimizer"); optimizer && *optimizer != stored_optimizer)
+        for (const char* key : {"lr", "momentum", "weight-decay"}) r.erase(key);
+    if (const auto name = args.get("recipe")) {
+        for (const char* key : {"optimizer", "lr", "momentum", "weight-decay"}) r.erase(key);
         for (const auto& [k, v] : named_recipe(*name)) r[k] = v;
+    }
     for (const std::string& name : train_options)
         if (const auto v = args.get(name)) r[name] = *v;
     return r;

@@ -345,17 +345,22 @@ assert r["epochs"] == 2 and r["steps"] == 4, r
 ' || fail "a flag given to forget does not override the stored recipe"
     run 0 "$E" info $DB
     expect_out '"epochs":"2"'
+    # Another optimizer takes none of the stored one's settings (SGD's lr and momentum).
+    run 0 "$E" forget $DB 3 --optimizer adam --quiet
+    expect_out "retrained from the base head"
+    run 0 "$E" info $DB
+    expect_out 'recipe       {"batch":"64","epochs":"2","optimizer":"adam","replay":"reservoir:8000","seed":"7"}'
     # Every option reaches the library: a run with all of them commits.
     run 0 "$E" add $DB --csv more.csv
     run 0 "$E" train $DB --optimizer adamw --lr 0.01 --weight-decay 0.001 --schedule cosine \
         --warmup 3 --min-lr 1e-5 --clip 1 --balance on --base-pull 0.01 --label-smoothing 0.1 \
         --validation 0.25 --new-share 0.3 --unknown eer --tolerance 0.5 --epochs 8 --quiet
     expect_out "outcome     committed"
-    expect_out "samples     107 training, 41 validation"
+    expect_out "samples     107 training, 40 validation"
     run 0 "$E" train $DB --again --optimizer sgd --momentum 0.9 --schedule step:5:0.5 --quiet
     expect_out "outcome     committed"
     run 0 "$E" train $DB --again --recipe enroll --schedule exp:0.99 --lr 1e-50 --quiet
-    expect_out "samples     148 training, 0 validation"
+    expect_out "samples     147 training, 0 validation"
     for bad in "--recipe fast|--recipe: expected enroll, incremental or keyboard, got 'fast'" \
         "--schedule wobble|--schedule: expected constant, cosine[:STEPS], step:N[:GAMMA] or exp:GAMMA, got 'wobble'" \
         "--schedule step:5:0|--schedule step:N:GAMMA needs GAMMA > 0, got 'step:5:0'" \
