@@ -102,7 +102,16 @@ void print_json(Opened& o, const std::vector<CheckpointInfo>& checkpoints,
                ",\"backbone_digest\":" + json_string(c.backbone_digest) + "}";
     }
     const std::string recipe = p.store().get_meta("cli.recipe").value_or("");
-    out += "],\"recipe\":" + (recipe.empty() ? std::string("null") : recipe);
+    // The recipe as the object it is; a damaged one as its text, so the output stays JSON.
+    bool recipe_ok = !recipe.empty();
+    try {
+        if (recipe_ok) parse_json(recipe);
+    } catch (const CorruptData&) {
+        recipe_ok = false;
+    }
+    out += "],\"recipe\":" + (recipe_ok        ? recipe
+                              : recipe.empty() ? std::string("null")
+                                               : json_string(recipe));
     // Each run's report is the training log's own JSON (TrainReport::to_json).
     out += ",\"runs\":[";
     for (std::size_t i = 0; i < runs.size(); ++i)
