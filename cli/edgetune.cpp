@@ -14,8 +14,9 @@
 // success, 1 bad input or a failure, 2 a command-line usage error, 3 training was rolled back or
 // cancelled. Errors are one line on stderr: "edgetune: add: line 3: expected 785 values, got 12".
 //
-// Limits: classification heads only (linear or prototype); CSV is plain comma-separated numbers
-// (no quoting); IDX input is unsigned-byte images (scaled to [0, 1]) with unsigned-byte labels.
+// Limits: classification heads only (linear, prototype, cosine); CSV is plain comma-separated
+// numbers (no quoting); IDX input is unsigned-byte images (scaled to [0, 1]) with unsigned-byte
+// labels.
 #include <unistd.h>
 
 #include <algorithm>
@@ -58,7 +59,7 @@ const std::vector<Command>& commands() {
          false,
          cmd_info},
         {"add",
-         "store labelled samples from a CSV file or IDX files",
+         "store labelled samples from a CSV file, IDX files or typed text",
          " [--backbone FILE --classes N [--head KIND]]\n"
          "       (--csv FILE | --idx-images FILE --idx-labels FILE [--limit N] | --text WORDS)\n\n"
          "  --csv FILE        one sample a line: label, then the backbone's D input values,\n"
