@@ -119,6 +119,7 @@ struct Resolved {
     bool untrained = true;              // some stored sample is newer than the committed head
     std::optional<std::string> recipe;  // the recipe that trained the committed head (JSON)
     float validation = 0.2f;  // PersonalizerOptions::validation_fraction of a training open
+    std::uint64_t seed = 0;   // PersonalizerOptions::seed, recorded at creation (--init-seed)
     std::shared_ptr<const Backbone> backbone;
     std::string backbone_path;
     std::optional<Words> words;  // the vocabulary: --vocabulary's, else the recorded one

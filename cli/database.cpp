@@ -19,7 +19,8 @@
 
 namespace edgetune::cli {
 
-const std::set<std::string> common_options = {"db", "backbone", "classes", "head", "vocabulary"};
+const std::set<std::string> common_options = {"db",   "backbone",   "classes",
+                                              "head", "vocabulary", "init-seed"};
 const char* const common_help =
     "  --db FILE         the personalization database (SQLite, created 0600 by `add`); it\n"
     "                    records its backbone and head, so the options below are needed only\n"
@@ -28,6 +29,8 @@ const char* const common_help =
     "  --classes N       number of classes of the head (more can be added: edgetune class add)\n"
     "  --head KIND       linear (default), prototype (nearest-class-mean init) or cosine\n"
     "                    (cosine prototypes)\n"
+    "  --init-seed N     the head's initialization and the validation split (default 0;\n"
+    "                    recorded when the database is created)\n"
     "  --vocabulary FILE a token backbone's words, one a line (line i is token id i, e.g.\n"
     "                    examples/keyboard's keyboard.vocab); a writing command records it\n"
     "  --help            this text\n";
@@ -38,6 +41,7 @@ constexpr const char* key_digest = "personalize.backbone_digest";
 constexpr const char* key_head = "personalize.head";
 constexpr const char* key_trained_upto = "personalize.trained_upto";
 constexpr const char* key_backbone_path = "cli.backbone";
+constexpr const char* key_seed = "cli.seed";  // PersonalizerOptions::seed (--init-seed)
 constexpr const char* key_recipe = "cli.recipe";
 constexpr const char* key_vocabulary =
     "cli.vocabulary";  // words.cpp: one word a line  // recipe.cpp: the recipe of the committed
@@ -51,6 +55,7 @@ struct Setup {
     std::optional<std::string> recipe;      // cli.recipe
     std::optional<std::string> vocabulary;  // cli.vocabulary
     std::int64_t trained_upto = 0;          // personalize.trained_upto
+    std::uint64_t seed = 0;                 // cli.seed
 };
 
 // Reads the setup of an existing, non-empty database file (SampleStore::read_meta: nothing is
@@ -78,6 +83,8 @@ Setup read_setup(const std::string& path) {
             s.vocabulary = value;
         } else if (key == key_trained_upto) {
             s.trained_upto = to_int(value).value_or(0);
+        } else if (key == key_seed) {
+            s.seed = static_cast<std::uint64_t>(to_int(value).value_or(0));
         }
     }
     if (!has_digest || s.head_text.empty())
@@ -287,6 +294,7 @@ Resolved resolve_db(const Args& args, Access access, std::shared_ptr<const Backb
         r.backbone_path = args.require("backbone");
         r.backbone = backbone ? std::move(backbone) : load_backbone(r.backbone_path);
         r.classes = r.head.outputs;
+        r.seed = static_cast<std::uint64_t>(int_option(args, "init-seed", 0, 0));
         if (const auto file = args.get("vocabulary")) {
             r.words = parse_vocabulary(read_text_file(*file), *r.backbone, "'" + *file + "'");
             r.record_words = true;
@@ -297,6 +305,11 @@ Resolved resolve_db(const Args& args, Access access, std::shared_ptr<const Backb
     const Setup s = read_setup(r.db);
     r.head = parse_head(s.head_text, r.db);
     r.recipe = s.recipe;
+    r.seed = s.seed;
+    if (args.get("init-seed") &&
+        static_cast<std::uint64_t>(int_option(args, "init-seed", 0, 0)) != s.seed)
+        throw Failure("'" + r.db + "' was created with --init-seed " + std::to_string(s.seed) +
+                      "; --init-seed applies only when a database is created");
     const bool upgrade = access != Access::read_only && args.flag("upgrade-backbone");
     r.backbone = setup_backbone(args, s, r.db, upgrade, std::move(backbone), r.backbone_path);
     read_counts(r.db, *r.backbone, r.head, s.trained_upto, r);
@@ -331,6 +344,7 @@ Opened open_resolved(const Args& args, Access access, Resolved r) {
     options.backbone = r.backbone;
     options.read_only = access == Access::read_only;
     options.validation_fraction = r.validation;
+    options.seed = r.seed;
     options.upgrade_backbone = access != Access::read_only && args.flag("upgrade-backbone");
     if (options.upgrade_backbone)
         options.upgrade_training = train_options_of(resolve_recipe(args, {}), r.samples);
@@ -342,6 +356,7 @@ Opened open_resolved(const Args& args, Access access, Resolved r) {
                      o.db.c_str(), upgrade->reason.c_str());
     // The backbone file is recorded when the database is created, and again when a writing
     // command was given another path to the same backbone (or upgraded it).
+    if (r.create && r.seed != 0) o.personalizer->store().set_meta(key_seed, std::to_string(r.seed));
     if (r.create || r.record_path)
         o.personalizer->store().set_meta(key_backbone_path, absolute_path(r.backbone_path));
     if (r.record_words) o.personalizer->store().set_meta(key_vocabulary, vocabulary_text(*r.words));

@@ -375,6 +375,18 @@ assert r["epochs"] == 2 and r["steps"] == 4, r
         run 2 "$E" train $DB --again $flag
         expect_error "edgetune: train: ${bad#*|} (see edgetune train --help)"
     done
+    # --init-seed: recorded at creation; the same seed gives the same head, another another.
+    for db in a b c; do
+        seed=3
+        [ "$db" = c ] && seed=4
+        run 0 "$E" add --db $db.db --backbone backbone.etb --classes 3 --init-seed $seed --csv train.csv
+        run 0 "$E" train --db $db.db --epochs 3 --quiet
+        run 0 "$E" export --db $db.db --out $db.ckpt
+    done
+    cmp -s a.ckpt b.ckpt || fail "two databases created with --init-seed 3 trained to different heads"
+    cmp -s a.ckpt c.ckpt && fail "--init-seed 3 and 4 gave the same head"
+    run 1 "$E" info --db a.db --init-seed 4
+    expect_error "edgetune: info: 'a.db' was created with --init-seed 3; --init-seed applies only when a database is created"
     # 1e-50 is a number (it underflows to 0), in a CSV as on the command line.
     printf '0,1e-50,0,0,2\n' >tiny.csv
     run 0 "$E" add $DB --csv tiny.csv

@@ -19,7 +19,8 @@ here=$(dirname "$0")
 db="$work/enroll.db"
 rm -f "$db" "$db-wal" "$db-shm" "$db-reserve"
 # "before": the head trained on the stored old samples, as examples/enroll trains it.
-"$E" add --db "$db" --backbone "$backbone" --classes 10 --csv "$work/stored.csv"
+# --init-seed 7: the example's PersonalizerOptions::seed (head initialization, validation split).
+"$E" add --db "$db" --backbone "$backbone" --classes 10 --init-seed 7 --csv "$work/stored.csv"
 "$E" train --db "$db" --epochs 10 --seed 1 --validation 0 --quiet
 # The shots, then the enrollment update with the measured recipe (the example's episode seed).
 "$E" add --db "$db" --csv "$work/shots.csv"
