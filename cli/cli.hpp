@@ -136,7 +136,6 @@ Opened open_resolved(const Args& args, Access access, Resolved r);
 // Both.
 Opened open_db(const Args& args, Access access, std::shared_ptr<const Backbone> backbone = nullptr);
 std::shared_ptr<const Backbone> load_backbone(const std::string& path);
-std::string input_description(const Backbone& b);
 std::string head_description(const HeadSpec& h);
 
 // ---------------------------------------------------------------------------------------
@@ -158,6 +157,8 @@ std::vector<std::string> display_names(const Personalizer& p, const Words* w);
 // ---------------------------------------------------------------------------------------
 // Reading samples (input.cpp)
 
+// "784 floats", "3 token ids < 1000": what the backbone takes.
+std::string input_description(const Backbone& b);
 // Rows of a CSV file; each keeps its 1-based line number for messages.
 std::vector<std::pair<std::size_t, Sample>> read_csv(const std::string& path,
                                                      const Backbone& backbone, std::int64_t classes,

@@ -271,12 +271,6 @@ std::string head_description(const HeadSpec& h) {
     return s + " created with " + std::to_string(h.outputs) + " classes";
 }
 
-std::string input_description(const Backbone& b) {
-    const InputSpec& in = b.config().input;
-    if (in.kind == InputSpec::Kind::float_vector) return std::to_string(in.size) + " floats";
-    return std::to_string(in.size) + " token ids < " + std::to_string(b.config().vocab);
-}
-
 Resolved resolve_db(const Args& args, Access access, std::shared_ptr<const Backbone> backbone) {
     Resolved r;
     r.db = args.require("db");

@@ -85,6 +85,12 @@ bool parse_row(const std::string& text, std::size_t line, const Backbone& backbo
 
 }  // namespace
 
+std::string input_description(const Backbone& b) {
+    const InputSpec& in = b.config().input;
+    if (in.kind == InputSpec::Kind::float_vector) return std::to_string(in.size) + " floats";
+    return std::to_string(in.size) + " token ids < " + std::to_string(b.config().vocab);
+}
+
 // Rows of a CSV file; each keeps its 1-based line number for messages.
 std::vector<std::pair<std::size_t, Sample>> read_csv(const std::string& path,
                                                      const Backbone& backbone, std::int64_t classes,
