@@ -1,7 +1,8 @@
 // cli.hpp — what the files of the `edgetune` command-line tool share: errors and exit codes,
 // argument parsing (args.cpp), opening a database with the setup it records (database.cpp),
-// reading samples (input.cpp), training options, progress and reports (training.cpp,
-// report.cpp) and the commands (commands_*.cpp), dispatched by edgetune.cpp.
+// reading samples (input.cpp), words of token backbones (words.cpp), the training recipe
+// (recipe.cpp), progress and the training report (training.cpp) and the commands
+// (commands*.cpp), dispatched by edgetune.cpp.
 #pragma once
 
 #include <cstdint>
