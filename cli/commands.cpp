@@ -125,8 +125,10 @@ int cmd_class(const Args& args) {
         print_report(r, args.flag("json"));
         return report_status(r);
     } else {
+        const std::vector<std::string> names = display_names(p, o.words ? &*o.words : nullptr);
         for (const ClassInfo& c : p.classes())
-            std::printf("%6d  %-24s %8lld samples\n", c.label, c.name.c_str(),
+            std::printf("%6d  %-24s %8lld samples\n", c.label,
+                        names[static_cast<std::size_t>(c.label)].c_str(),
                         static_cast<long long>(c.samples));
     }
     return 0;

@@ -425,6 +425,8 @@ assert d["top"][0]["label"] == 4 and d["top"][0]["probability"] > 0.5, d
     run 0 "$E" info --db kb.db
     expect_out "      6  mat          2"
     expect_out "vocabulary   8 words"
+    run 0 "$E" class --db kb.db list
+    expect_out "     6  mat                             2 samples"
     run 2 "$E" predict --db kb.db --text "the" --csv rows.csv
     expect_error "edgetune: predict: give either --text or --csv (with --labelled), not both (see edgetune predict --help)"
     run 0 "$E" add $NEW --csv train.csv
