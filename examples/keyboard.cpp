@@ -17,9 +17,13 @@
 // Printed: top-1 / top-3 next-word accuracy and perplexity on the user's held-out text and on
 // general held-out text (forgetting), before and after personalization, the training report,
 // and the top-3 suggestions for a few prompts before and after. Writes keyboard.svg (bar
-// charts of the same numbers), keyboard.db (the personalization database) and keyboard.etb
-// (the frozen backbone), which the CLI reads:
-//   edgetune info --db keyboard.db --backbone keyboard.etb --classes 3000   (1000 with --small)
+// charts of the same numbers), keyboard.db (the personalization database), keyboard.etb (the
+// frozen backbone) and keyboard.vocab (its vocabulary, one word a line: line i is token id i),
+// so the CLI takes over (the first command records the backbone and the vocabulary):
+//   edgetune info --db keyboard.db --backbone keyboard.etb --vocabulary keyboard.vocab
+//   edgetune add --db keyboard.db --text "a sentence the user typed"
+//   edgetune train --db keyboard.db --recipe keyboard
+//   edgetune predict --db keyboard.db --text "the last words"
 // Exits non-zero unless the user's top-3 accuracy improves and general top-3 accuracy keeps at
 // least 80% of its value (no collapse).
 //
@@ -49,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -426,6 +431,15 @@ int main(int argc, char** argv) {
     print_score("pretrained classifier, user", shipped_user, user_eval.size());
     const std::shared_ptr<const Backbone> backbone = Backbone::freeze(*pre.net);
     backbone->save("keyboard.etb");
+    {
+        std::ofstream vocab_file("keyboard.vocab");
+        for (std::size_t i = 0; i < corpus.vocab.size(); ++i)
+            vocab_file << corpus.vocab.word(static_cast<std::int32_t>(i)) << "\n";
+        if (!vocab_file) {
+            std::fprintf(stderr, "keyboard: cannot write keyboard.vocab\n");
+            return 1;
+        }
+    }
 
     // --- 3. On the device: the shipped head over the frozen backbone, general text stored ---
     const std::string db = "keyboard.db";
@@ -534,8 +548,8 @@ int main(int argc, char** argv) {
                          {"general", {before_general.perplexity, after_general.perplexity}}};
     perplexity.value_decimals = 0;
     svg::write_file("keyboard.svg", {accuracy, perplexity});
-    std::printf("\nwrote keyboard.svg, %s and keyboard.etb; total %.1f s\n", db.c_str(),
-                seconds_since(start));
+    std::printf("\nwrote keyboard.svg, %s, keyboard.etb and keyboard.vocab; total %.1f s\n",
+                db.c_str(), seconds_since(start));
 
     // --- 6. Success condition ---
     const bool committed = report.outcome == TrainReport::Outcome::committed;

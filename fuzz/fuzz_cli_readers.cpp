@@ -1,6 +1,6 @@
-// fuzz_cli_readers.cpp — fuzz targets for the CLI's CSV and IDX readers (cli/edgetune.cpp),
-// which are private to that file: it is included here with its main() renamed. One binary per
-// reader: FUZZ_CSV or FUZZ_IDX selects it.
+// fuzz_cli_readers.cpp — fuzz targets for the CLI's CSV and IDX readers (cli/input.cpp, with
+// the number parsing of cli/args.cpp), compiled into this target so it is instrumented. One
+// binary per reader: FUZZ_CSV or FUZZ_IDX selects it.
 //
 // CSV input: byte 0 bit 0 = labelled, the rest is the file. IDX input: byte 0 = where the
 // images file ends (as a fraction of the rest, /255), the rest split there into the images
@@ -8,11 +8,13 @@
 #include <cstdint>
 #include <cstdlib>
 
-#define main edgetune_cli_main
-#include "../cli/edgetune.cpp"
-#undef main
+#include "../cli/args.cpp"
+#include "../cli/input.cpp"
 
 #include "fuzz_util.hpp"
+
+using namespace edgetune;
+using namespace edgetune::cli;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size == 0) return 0;
@@ -31,7 +33,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const std::size_t split = (size - 1) * data[0] / 255;
         edgetune_fuzz::write_scratch(images, data + 1, split);
         edgetune_fuzz::write_scratch(labels, data + 1 + split, size - 1 - split);
-        for (const Sample& s : read_idx(images, labels, 0, *bb, 3))
+        const idx::Data d = read_idx(images, labels, 0, *bb, 3);
+        for (const Sample& s : idx_samples(d, 0, d.size()))
             if (s.input.size() != 4 || s.label < 0 || s.label >= 3) std::abort();
 #else
 #error "define FUZZ_CSV or FUZZ_IDX"

@@ -13,7 +13,8 @@ fi
 packages=(g++ meson ninja-build pkg-config cmake python3 clang-format
           libeigen3-dev libfmt-dev libsqlite3-dev libcereal-dev doctest-dev zlib1g-dev
           dataset-fashion-mnist fortunes "$@")
-[ "$tests" -eq 1 ] && packages+=(python3-onnx python3-numpy)  # tools/onnx_import.py and its tests
+# tools/onnx_import.py and its tests; /usr/bin/time for the CLI's bounded-memory test (cli_scale)
+[ "$tests" -eq 1 ] && packages+=(python3-onnx python3-numpy time)
 # The aarch64 pass of scripts/test.sh (cross/aarch64-linux-gnu.ini): the cross toolchain,
 # qemu-user, and the target's -dev packages. Header-only Eigen, cereal and doctest are the
 # host's (do not add libcereal-dev:arm64).

@@ -647,6 +647,25 @@ const LabelSpec& SampleStore::label_spec() const {
     return impl_->options.label;
 }
 
+std::vector<std::pair<std::string, std::string>> SampleStore::read_meta(const std::string& path) {
+    const std::string op = fmt::format("sample_store.read_meta '{}'", path);
+    if (std::error_code ec; !std::filesystem::is_regular_file(path, ec))
+        throw StorageError(fmt::format("[{}] no such file", op));
+    Db db(path, true, std::chrono::milliseconds(5000));
+    const int version = read_user_version(db, op);  // "file is not a database" surfaces here
+    if (version <= 0)
+        throw StorageError(
+            fmt::format("[{}] is not an edgetune store (schema version {})", op, version));
+    if (version > schema_version)
+        throw StorageError(
+            fmt::format("[{}] schema version {} is newer than this build supports ({})", op,
+                        version, schema_version));
+    std::vector<std::pair<std::string, std::string>> out;
+    Stmt st(db, sql::select_all_meta, op);
+    while (st.step()) out.emplace_back(st.text(0), st.text(1));
+    return out;
+}
+
 SampleStore SampleStore::open(const std::string& path, const StoreOptions& options) {
     const std::string op = fmt::format("sample_store.open '{}'", path);
     validate_options(options, op);

@@ -404,6 +404,11 @@ public:
 
     // Keys starting with "store." are reserved for the store itself (set_meta rejects them).
     std::optional<std::string> get_meta(std::string_view key) const;
+    // Every (key, value) of the `meta` table of the store at `path`, sorted by key, read
+    // without opening it as a store: no declaration needed, nothing written. What a tool reads
+    // to learn how a store was set up before it opens it (the edgetune CLI). Throws StorageError
+    // for a missing file, a file that is not an edgetune store, or a newer schema.
+    static std::vector<std::pair<std::string, std::string>> read_meta(const std::string& path);
     // Samples with an id above `id` have not been trained on: Retention::reservoir never evicts
     // them (see Retention). Part of the caller's transaction when one is open.
     void set_trained_upto(std::int64_t id);

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <numeric>
 #include <set>
@@ -756,6 +757,36 @@ TEST_CASE("checkpoints: save, latest, get, list, prune keeps every base") {
     CHECK(left[2].id == trained[4]);
     CHECK(store.prune_checkpoints(0) == 2);
     CHECK(store.list_checkpoints().size() == 1);
+}
+
+TEST_CASE("read_meta reads a store's meta without opening it, and refuses what is no store") {
+    TempDb db("read_meta");
+    {
+        SampleStore store = SampleStore::open(db.path, image_options());
+        store.set_meta("tool.backbone", "/models/b.etb");
+    }
+    const auto meta = SampleStore::read_meta(db.path);
+    const auto find = [&](const std::string& key) -> std::optional<std::string> {
+        for (const auto& [k, v] : meta)
+            if (k == key) return v;
+        return std::nullopt;
+    };
+    CHECK(find("tool.backbone") == "/models/b.etb");
+    CHECK(find("store.declaration") == "float_vector[8] -> classes(4)");
+    CHECK(std::is_sorted(meta.begin(), meta.end()));
+    CHECK(thrown<StorageError>([&] {
+              SampleStore::read_meta(db.path + ".none");
+          }).find("no such file") != std::string::npos);
+    // An empty file stays empty (it is no store, and nothing turns it into one).
+    TempDb empty("read_meta_empty");
+    { std::ofstream touch(empty.path); }
+    CHECK(thrown<StorageError>([&] {
+              SampleStore::read_meta(empty.path);
+          }).find("is not an edgetune store (schema version 0)") != std::string::npos);
+    CHECK(std::filesystem::file_size(empty.path) == 0);
+    TempDb text("read_meta_text");
+    std::ofstream(text.path) << "not a database, just some text long enough to have a header\n";
+    CHECK_THROWS_AS(SampleStore::read_meta(text.path), StorageError);
 }
 
 TEST_CASE("meta and the runs log") {

@@ -4,7 +4,8 @@
 // clusters), backbone2.etb (another one), corrupt.etb (random bytes), CSV files of 4-D samples from
 // 3 Gaussian clusters (train, more, test; rows.csv without labels; bad_*.csv with one malformed
 // line each) and IDX files of 2x2 images of the same 3 classes (images.idx.gz, labels.idx,
-// labels_short.idx). Usage: cli_fixture DIR
+// labels_short.idx), a token backbone with its vocabulary (tokens.etb, words.vocab); with
+// --big only the 60,000-image IDX files of the scale test. Usage: cli_fixture DIR [--big]
 #include <zlib.h>
 
 #include <cstdio>
@@ -58,12 +59,58 @@ void write_bytes(const std::string& path, const std::vector<unsigned char>& byte
 
 }  // namespace
 
+// A keyboard in miniature: a token backbone over the 3 previous words of an 8-word vocabulary
+// (tokens.etb, words.vocab: "<s>" the boundary, "<unk>", then six words).
+void write_keyboard(const std::string& dir) {
+    Rng rng(7);
+    BackboneConfig config{.input = InputSpec::token_sequence(3),
+                          .vocab = 8,
+                          .embed_dim = 4,
+                          .hidden = {32},
+                          .activation = Activation::tanh};
+    BackboneNet net(config, rng);
+    Backbone::freeze(net)->save(dir + "/tokens.etb");
+    write_text(dir + "/words.vocab", "<s>\n<unk>\nthe\ncat\nsat\non\nmat\ndog\n");
+    write_text(dir + "/words_short.vocab", "<s>\n<unk>\nthe\n");
+}
+
+// 60,000 images of 28x28 u8 pixels in 10 classes (big_images.idx, big_labels.idx; 47 MB,
+// uncompressed) and a backbone taking 784 floats (backbone784.etb): the bounded-memory add.
+int write_big(const std::string& dir) {
+    constexpr std::uint32_t n = 60000, side = 28;
+    Rng rng(8);
+    BackboneConfig config{.input = InputSpec::float_vector(side * side),
+                          .vocab = 0,
+                          .embed_dim = 0,
+                          .hidden = {16},
+                          .activation = Activation::tanh};
+    BackboneNet net(config, rng);
+    Backbone::freeze(net)->save(dir + "/backbone784.etb");
+    std::vector<unsigned char> images, labels;
+    put_u32(images, 0x803);
+    put_u32(images, n);
+    put_u32(images, side);
+    put_u32(images, side);
+    put_u32(labels, 0x801);
+    put_u32(labels, n);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        for (std::uint32_t k = 0; k < side * side; ++k)
+            images.push_back(static_cast<unsigned char>(rng.below(256)));
+        labels.push_back(static_cast<unsigned char>(i % 10));
+    }
+    write_bytes(dir + "/big_images.idx", images);
+    write_bytes(dir + "/big_labels.idx", labels);
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 3 && std::string(argv[2]) == "--big") return write_big(argv[1]);
     if (argc != 2) {
-        std::fprintf(stderr, "usage: cli_fixture DIR\n");
+        std::fprintf(stderr, "usage: cli_fixture DIR [--big]\n");
         return 2;
     }
     const std::string dir = argv[1];
+    write_keyboard(dir);
     Rng rng(5);
 
     BackboneConfig config{.input = InputSpec::float_vector(dim),

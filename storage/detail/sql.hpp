@@ -289,6 +289,7 @@ inline constexpr char prune_checkpoints[] =
 
 // --- meta and runs -------------------------------------------------------------------------
 inline constexpr char select_meta[] = "SELECT value FROM meta WHERE key = ?1";
+inline constexpr char select_all_meta[] = "SELECT key, value FROM meta ORDER BY key";
 inline constexpr char upsert_meta[] =
     "INSERT INTO meta(key, value) VALUES (?1, ?2) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value";
