@@ -31,10 +31,12 @@ const char* const train_help =
     "                         keyboard     next-word heads over a vocabulary: 4 epochs, batch\n"
     "                                      64, SGD 0.02 momentum 0.9, reservoir:8000, seed 7\n"
     "                                      (examples/keyboard)\n"
-    "  --epochs N           passes over the training set (default 5)\n"
+    "  --epochs N           passes over the training set (default 10)\n"
     "  --batch N            samples per step (default 32)\n"
     "  --optimizer KIND     adam (default), adamw or sgd\n"
-    "  --lr RATE            learning rate (default: adam/adamw 1e-3, sgd 0.01)\n"
+    "  --lr RATE            learning rate (default: chosen from the head: Adam 1e-3 on up to\n"
+    "                       100 classes, x 3/T on a prototype head; a wider head trains with\n"
+    "                       SGD 5e-3 momentum 0.9 instead; sgd 1e-2)\n"
     "  --momentum M         sgd momentum (default 0)\n"
     "  --weight-decay W     adam/sgd: L2 (default 0); adamw: decoupled (default 0.01)\n"
     "  --schedule KIND      constant (default) | cosine[:STEPS] (to --min-lr over STEPS, by\n"
@@ -43,14 +45,15 @@ const char* const train_help =
     "  --warmup N           linear warmup over the first N steps, from lr/10 (default 0)\n"
     "  --min-lr RATE        the cosine schedule's final lr (default 0)\n"
     "  --clip NORM          clip the gradient's global norm to NORM (default 0: off)\n"
-    "  --balance on|off     class-balanced loss: weights by inverse class frequency (default\n"
-    "                       off), so a few new shots count next to many stored samples\n"
+    "  --balance on|off     class-balanced loss: weights by inverse class frequency, so a few\n"
+    "                       new shots count next to many stored samples (default: on up to\n"
+    "                       100 classes, off for wider heads)\n"
     "  --base-pull X        L2 pull of strength X toward the base head's weights (default 0)\n"
     "  --label-smoothing X  in [0, 1) (default 0)\n"
     "  --validation F       share of each class held out for the validation guard (default\n"
     "                       0.2; classes with < 5 samples keep all)\n"
     "  --new-share S        every batch holds at least this share of new samples, in [0, 1)\n"
-    "                       (default 0: new samples shuffled in with the replay)\n"
+    "                       (default 0.05)\n"
     "  --unknown MODE       off (default) | eer | far:F (a target false-accept rate in (0, 1)):\n"
     "                       calibrate `unknown` on held-out samples; predict then answers it\n"
     "  --tolerance T        the guard rolls back a head whose validation accuracy is lower by\n"
@@ -129,12 +132,13 @@ OptimizerSpec parse_optimizer(const Recipe& r) {
     if (kind != "sgd" && value(r, "momentum"))
         throw UsageError("--momentum applies to --optimizer sgd only (the optimizer is " + kind +
                          ")");
+    // No --lr: the library chooses it from the head (auto_lr, TrainOptions::optimizer).
     if (kind == "adam")
-        return AdamOptions{.lr = float_value(r, "lr", 1e-3f), .weight_decay = decay};
+        return AdamOptions{.lr = float_value(r, "lr", auto_lr), .weight_decay = decay};
     if (kind == "adamw")
-        return AdamWOptions{.lr = float_value(r, "lr", 1e-3f), .weight_decay = decay};
+        return AdamWOptions{.lr = float_value(r, "lr", auto_lr), .weight_decay = decay};
     if (kind == "sgd")
-        return SgdOptions{.lr = float_value(r, "lr", 0.01f),
+        return SgdOptions{.lr = float_value(r, "lr", auto_lr),
                           .momentum = float_value(r, "momentum", 0.0f),
                           .weight_decay = decay};
     throw UsageError("--optimizer: expected adam, adamw or sgd, got '" + kind + "'");
@@ -214,10 +218,12 @@ Recipe resolve_recipe(const Args& args, const std::optional<std::string>& stored
     return r;
 }
 
+// A flag not given takes the library's default (TrainOptions, personalize.hpp).
 TrainOptions train_options_of(const Recipe& r, std::int64_t stored_samples) {
+    const TrainOptions defaults;
     TrainOptions o;
-    o.epochs = static_cast<int>(int_value(r, "epochs", 5, 0, 1000000));
-    o.batch = int_value(r, "batch", 32, 1);
+    o.epochs = static_cast<int>(int_value(r, "epochs", defaults.epochs, 0, 1000000));
+    o.batch = int_value(r, "batch", defaults.batch, 1);
     o.max_steps = int_value(r, "max-steps", 0, 0);
     o.deadline = std::chrono::milliseconds(int_value(r, "deadline-ms", 0, 0));
     o.seed = static_cast<std::uint64_t>(int_value(r, "seed", 0, 0));
@@ -225,14 +231,15 @@ TrainOptions train_options_of(const Recipe& r, std::int64_t stored_samples) {
     const std::int64_t per_epoch = (stored_samples + o.batch - 1) / o.batch;
     o.schedule = parse_schedule(r, per_epoch * o.epochs);
     o.clip_norm = float_value(r, "clip", 0.0f);
-    const std::string balance = value(r, "balance").value_or("off");
-    if (balance != "on" && balance != "off")
-        throw UsageError("--balance: expected on or off, got '" + balance + "'");
-    o.balance_classes = balance == "on";
+    if (const auto balance = value(r, "balance")) {
+        if (*balance != "on" && *balance != "off")
+            throw UsageError("--balance: expected on or off, got '" + *balance + "'");
+        o.balance_classes = *balance == "on";
+    }
     o.base_pull = float_value(r, "base-pull", 0.0f);
     o.label_smoothing = float_value(r, "label-smoothing", 0.0f, 1.0f);
-    o.new_share = float_value(r, "new-share", 0.0f, 1.0f);
-    o.tolerance = float_value(r, "tolerance", 0.02f);
+    o.new_share = float_value(r, "new-share", defaults.new_share, 1.0f);
+    o.tolerance = float_value(r, "tolerance", defaults.tolerance);
     o.unknown = parse_unknown(r);
     o.replay = parse_replay(value(r, "replay").value_or("all"));
     return o;
