@@ -115,48 +115,14 @@ void read_counts(const std::string& path, const Backbone& backbone, const HeadSp
     }
 }
 
-// personalize.head ("linear outputs=3 hidden=[] temperature=0.100000001 normalize=0", with
-// " cosine=1" for cosine prototypes) back into a HeadSpec.
+// personalize.head (HeadSpec::to_string) back into a HeadSpec.
 HeadSpec parse_head(const std::string& text, const std::string& db) {
-    std::istringstream in(text);
-    std::string kind, word;
-    in >> kind;
     HeadSpec h;
-    if (kind == "linear")
-        h.kind = HeadSpec::Kind::linear;
-    else if (kind == "mlp")
-        h.kind = HeadSpec::Kind::mlp;
-    else if (kind == "prototype")
-        h.kind = HeadSpec::Kind::prototype;
-    else if (kind == "regression")
-        h.kind = HeadSpec::Kind::regression;
-    else
-        throw Failure("'" + db + "' records an unknown head '" + text + "'");
-    while (in >> word) {
-        const auto eq = word.find('=');
-        const std::string key = word.substr(0, eq);
-        const std::string value = eq == std::string::npos ? "" : word.substr(eq + 1);
-        if (key == "outputs") {
-            h.outputs = to_int(value).value_or(0);
-        } else if (key == "hidden") {
-            // [64,32]
-            std::string list = value.size() >= 2 ? value.substr(1, value.size() - 2) : "";
-            for (std::size_t start = 0; !list.empty() && start <= list.size();) {
-                const auto comma = list.find(',', start);
-                h.hidden.push_back(to_int(list.substr(start, comma - start)).value_or(0));
-                if (comma == std::string::npos) break;
-                start = comma + 1;
-            }
-        } else if (key == "temperature") {
-            h.temperature = to_float(value).value_or(0.1f);
-        } else if (key == "normalize") {
-            h.normalize = value == "1";
-        } else if (key == "cosine") {
-            h.cosine = value == "1";
-        }
+    try {
+        h = HeadSpec::parse(text);
+    } catch (const CorruptData& e) {
+        throw Failure("'" + db + "' records a head edgetune cannot read: " + e.what());
     }
-    if (h.outputs <= 0)
-        throw Failure("'" + db + "' records a head without outputs: '" + text + "'");
     if (!h.classifies())
         throw Failure("'" + db + "' holds a regression head; edgetune handles classifiers only");
     return h;

@@ -177,6 +177,12 @@ struct HeadSpec {
         return {Kind::prototype, classes, {}, temperature, true, true};
     }
     bool classifies() const { return kind != Kind::regression; }
+    // The text the store records for a spec (meta personalize.head and the head checkpoint's
+    // "head" attr), readable in error messages: "linear outputs=10 hidden=[] temperature=0.1
+    // normalize=0" (" cosine=1" for cosine prototypes). parse(to_string()) gives the spec back,
+    // bit for bit; parse throws CorruptData naming the text for anything else.
+    std::string to_string() const;
+    static HeadSpec parse(std::string_view text);
 };
 
 // ---------------------------------------------------------------------------------------

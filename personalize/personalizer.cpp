@@ -20,7 +20,6 @@ namespace edgetune {
 using namespace detail::meta;
 using detail::Dataset;
 using detail::fail;
-using detail::head_spec_string;
 
 // ---- Personalizer ----------------------------------------------------------------------
 
@@ -52,7 +51,7 @@ std::unique_ptr<Personalizer> Personalizer::open(const std::string& db_path,
     auto impl = std::make_unique<Impl>(db_path, options, so, std::move(store));
     Impl& m = *impl;
 
-    const std::string spec = head_spec_string(options.head);
+    const std::string spec = options.head.to_string();
     if (auto stored = m.store.get_meta(meta_head); stored && *stored != spec)
         fail(op, "'" + db_path + "' was created with head '" + *stored + "', not '" + spec + "'");
     const auto stored_digest = m.store.get_meta(meta_digest);

@@ -1772,3 +1772,32 @@ TEST_CASE("Fashion-MNIST: enroll 4 new classes from 5 shots each without forgett
     CHECK(old_after > 0.65);
     CHECK(old_after > old_before - 0.2);
 }
+
+TEST_CASE("HeadSpec: the recorded text reads back as the same spec; anything else is CorruptData") {
+    const std::vector<HeadSpec> specs{
+        HeadSpec::linear(10),          HeadSpec::mlp({64, 32}, 5), HeadSpec::prototype(7, 0.05f),
+        HeadSpec::cosine_prototype(3), HeadSpec::regression(2),    HeadSpec::prototype(4, 100.0f)};
+    for (const HeadSpec& h : specs) {
+        const std::string text = h.to_string();
+        INFO(text);
+        const HeadSpec back = HeadSpec::parse(text);
+        CHECK(back.kind == h.kind);
+        CHECK(back.outputs == h.outputs);
+        CHECK(back.hidden == h.hidden);
+        CHECK(std::memcmp(&back.temperature, &h.temperature, sizeof(float)) == 0);
+        CHECK(back.normalize == h.normalize);
+        CHECK(back.cosine == h.cosine);
+        CHECK(back.to_string() == text);
+    }
+    CHECK(HeadSpec::linear(10).to_string() ==
+          "linear outputs=10 hidden=[] temperature=0.100000001 normalize=0");
+    for (const char* bad : {"", "conv outputs=3", "linear", "linear outputs=0", "linear outputs=3x",
+                            "mlp outputs=3 hidden=[8,-1]", "mlp outputs=3 hidden=8",
+                            "linear outputs=3 temperature=0", "linear outputs=3 temperature=abc",
+                            "linear outputs=3 normalize=2", "linear outputs=3 colour=red"}) {
+        INFO(bad);
+        CHECK_THROWS_AS(HeadSpec::parse(bad), CorruptData);
+    }
+    CHECK_THROWS_WITH(HeadSpec::parse("linear outputs=3 hidden=[4,x]"),
+                      doctest::Contains("hidden 'x' is not a positive integer"));
+}

@@ -11,10 +11,6 @@
 
 namespace edgetune::detail {
 
-// The head spec as recorded in meta and in the checkpoint's "head" attr, readable in error
-// messages: "linear outputs=10 hidden=[] temperature=0.1 normalize=0".
-std::string head_spec_string(const HeadSpec& h);
-
 // A head checkpoint decoded. seen[c]: class c has been trained on (its prototype is set).
 struct HeadCheckpoint {
     std::vector<std::pair<std::string, Matrix>> tensors;  // Head::tensors() order
@@ -23,7 +19,7 @@ struct HeadCheckpoint {
     std::vector<bool> seen;
 };
 
-// kind "head"; attrs head (head_spec_string), backbone_digest, seen_classes ("0"/"1" per
+// kind "head"; attrs head (HeadSpec::to_string), backbone_digest, seen_classes ("0"/"1" per
 // class); the head's tensors; the optimizer state; step; rng state; metrics (a TrainReport's
 // JSON, or "{}").
 std::vector<std::uint8_t> encode_head_checkpoint(const Head& head, const std::string& digest,
